@@ -1,0 +1,299 @@
+"""The plugin's ``config.json``: parse and validate it, with defaults applied.
+
+The format is the IBM power-device-plugin's, as users already have it in their
+ConfigMaps (``nx-gzip``, ``permissions``, ``include-devices``, ``exclude-devices``,
+``discovery-strategy``, ``scan-interval``, ``upper-limit``), plus ``grant-mode``.
+Every key is described in ``docs/configuration.md``.
+
+Parsing is pure (:func:`parse_config`); :func:`load_config` only reads the file.
+Keeping the last good config when a new one is invalid is the watcher's job
+(``watch.ConfigWatcher``): here an invalid document is a :class:`ConfigError`
+that names the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GRANT_ALL = "all"
+GRANT_PER_DEVICE = "per-device"
+GRANT_MODES = (GRANT_ALL, GRANT_PER_DEVICE)
+
+STRATEGY_DEFAULT = "default"
+STRATEGY_TIME = "time"
+DISCOVERY_STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_TIME)
+
+# The node IBM's plugin adds when nx-gzip is enabled (the Power NX GZIP accelerator).
+NX_GZIP_HOST_PATH = "/dev/crypto/nx-gzip"
+
+DEFAULT_PERMISSIONS = "rw"
+DEFAULT_SCAN_INTERVAL_SECONDS = 60.0
+MIN_SCAN_INTERVAL_SECONDS = 1.0
+# Every advertised ID is one entry in every ListAndWatch message the kubelet keeps;
+# a bound keeps a typo (100000) from flooding the kubelet.
+MAX_UPPER_LIMIT = 1000
+
+DOCUMENT_FIELD = "<document>"
+HOST_DEV_PREFIX = "/dev/"
+
+
+class ConfigError(Exception):
+    """An invalid config: which file, which field, and what was wrong with it."""
+
+    def __init__(self, path: str, field: str, reason: str) -> None:
+        super().__init__(f"{path}: {field}: {reason}")
+        self.path = path
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """Every key of ``config.json``, defaults applied.
+
+    ``upper_limit`` is ``None`` when the file leaves it out (or sets 0): the grant
+    mode then picks its own default (see ``devices.py``).
+    """
+
+    nx_gzip: bool = False
+    permissions: str = DEFAULT_PERMISSIONS
+    include_devices: tuple[str, ...] = ()
+    exclude_devices: tuple[str, ...] = ()
+    discovery_strategy: str = STRATEGY_DEFAULT
+    scan_interval_seconds: float = DEFAULT_SCAN_INTERVAL_SECONDS
+    upper_limit: int | None = None
+    grant_mode: str = GRANT_ALL
+
+
+def parse_permissions(value: str) -> str:
+    """Normalise a cgroup device permission string to canonical ``rwm`` order.
+
+    IBM's plugin accepted upper case (``RW``); any order of distinct r, w, m is fine.
+    Raises ValueError with the reason.
+    """
+    letters = value.strip().lower()
+    if not letters:
+        raise ValueError("is empty; use a combination of r, w and m such as 'rw'")
+    bad = sorted({c for c in letters if c not in "rwm"})
+    if bad:
+        raise ValueError(
+            f"{value!r} has {', '.join(repr(c) for c in bad)}; only r, w and m are allowed"
+        )
+    if len(set(letters)) != len(letters):
+        raise ValueError(f"{value!r} repeats a letter; each of r, w, m may appear once")
+    return "".join(c for c in "rwm" if c in letters)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float:
+    """Seconds in a Go-style duration such as ``30s``, ``10m``, ``2h`` or ``1m30s``.
+
+    Raises ValueError with the reason.
+    """
+    text = value.strip()
+    pos = 0
+    total = 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a duration; write a number and a unit (ms, s, m, h), "
+                "for example '30s', '10m', '2h' or '1m30s'"
+            )
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ValueError("is empty; write a duration such as '30s', '10m' or '2h'")
+    return total
+
+
+def validate_glob(pattern: str) -> str:
+    """Check one device glob written in host terms (``/dev/dm-*``); return it stripped.
+
+    Raises ValueError with the reason.
+    """
+    text = pattern.strip()
+    if not text:
+        raise ValueError("is an empty pattern")
+    if "\x00" in text:
+        raise ValueError(f"{pattern!r} contains a NUL byte")
+    if not text.startswith(HOST_DEV_PREFIX):
+        raise ValueError(f"{pattern!r} must be an absolute path under /dev/, like '/dev/dm-*'")
+    depth = 0
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        raise ValueError(f"{pattern!r} has a '[' without its closing ']'")
+    return text
+
+
+def _is_int(value: object) -> bool:
+    # bool is a subclass of int in Python; JSON true is not a number here.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_name(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """Reads typed values out of the decoded document, raising ConfigError on misuse."""
+
+    def __init__(self, doc: dict[str, Any], source: str) -> None:
+        self.doc = doc
+        self.source = source
+
+    def error(self, field: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, field, reason)
+
+    def bool_(self, key: str, default: bool) -> bool:
+        if key not in self.doc:
+            return default
+        value = self.doc[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {_type_name(value)}")
+        return value
+
+    def str_(self, key: str, default: str) -> str:
+        if key not in self.doc:
+            return default
+        value = self.doc[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, got {_type_name(value)}")
+        return value
+
+    def checked(self, key: str, value: str, check: Callable[[str], Any]) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str_(key, default).strip()
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise self.error(key, f"{value!r} is not one of {allowed}")
+        return value
+
+    def globs(self, key: str) -> tuple[str, ...]:
+        if key not in self.doc or self.doc[key] is None:
+            return ()
+        value = self.doc[key]
+        if not isinstance(value, list):
+            raise self.error(key, f"must be a list of globs, got {_type_name(value)}")
+        patterns: list[str] = []
+        for index, item in enumerate(value):
+            where = f"{key}[{index}]"
+            if not isinstance(item, str):
+                raise self.error(where, f"must be a string, got {_type_name(item)}")
+            pattern = self.checked(where, item, validate_glob)
+            if pattern not in patterns:
+                patterns.append(pattern)
+        return tuple(patterns)
+
+    def limit(self, key: str) -> int | None:
+        if key not in self.doc or self.doc[key] is None:
+            return None
+        value = self.doc[key]
+        if not _is_int(value):
+            raise self.error(key, f"must be a whole number, got {_type_name(value)}")
+        if value < 0:
+            raise self.error(key, f"must not be negative, got {value}")
+        if value > MAX_UPPER_LIMIT:
+            raise self.error(key, f"must be at most {MAX_UPPER_LIMIT}, got {value}")
+        return None if value == 0 else int(value)
+
+
+KNOWN_KEYS = (
+    "nx-gzip",
+    "permissions",
+    "include-devices",
+    "exclude-devices",
+    "discovery-strategy",
+    "scan-interval",
+    "upper-limit",
+    "grant-mode",
+)
+
+
+def _unknown_key_warnings(doc: dict[str, Any], source: str) -> list[str]:
+    warnings = []
+    for key in doc:
+        if key in KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.append(f"{source}: unknown key {key!r} ignored{hint}")
+    return warnings
+
+
+def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
+    """Parse a ``config.json`` document. Returns (config, warnings); raises ConfigError."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            source,
+            DOCUMENT_FIELD,
+            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(source, DOCUMENT_FIELD, f"must be a JSON object, got {_type_name(doc)}")
+    read = _Reader(doc, source)
+    permissions = read.checked(
+        "permissions", read.str_("permissions", DEFAULT_PERMISSIONS), parse_permissions
+    )
+    interval = DEFAULT_SCAN_INTERVAL_SECONDS
+    if "scan-interval" in doc:
+        interval = read.checked("scan-interval", read.str_("scan-interval", ""), parse_duration)
+        if interval < MIN_SCAN_INTERVAL_SECONDS:
+            raise read.error("scan-interval", f"{doc['scan-interval']!r} is shorter than 1s")
+    config = PluginConfig(
+        nx_gzip=read.bool_("nx-gzip", False),
+        permissions=permissions,
+        include_devices=read.globs("include-devices"),
+        exclude_devices=read.globs("exclude-devices"),
+        discovery_strategy=read.choice(
+            "discovery-strategy", STRATEGY_DEFAULT, DISCOVERY_STRATEGIES
+        ),
+        scan_interval_seconds=interval,
+        upper_limit=read.limit("upper-limit"),
+        grant_mode=read.choice("grant-mode", GRANT_ALL, GRANT_MODES),
+    )
+    return config, _unknown_key_warnings(doc, source)
+
+
+def load_config(path: Path) -> tuple[PluginConfig, list[str]]:
+    """Read and parse the config file; a missing file means the defaults."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return PluginConfig(), []
+    except OSError as exc:
+        raise ConfigError(source, DOCUMENT_FIELD, f"cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, DOCUMENT_FIELD, f"not UTF-8 text: {exc.reason}") from None
+    return parse_config(text, source)

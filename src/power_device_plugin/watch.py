@@ -1,0 +1,254 @@
+"""Cheap change detection for the config file and the device trees.
+
+Interface (what the lifecycle uses)::
+
+    configs = ConfigWatcher(config_path, on_error=..., on_change=...)
+    watcher = DeviceWatcher(state, configs, dev_root, sys_root, on_scan=...)
+    watcher.check()                                   # first scan, synchronous
+    threading.Thread(target=watcher.run, args=(stop_event,), daemon=True).start()
+
+``run`` calls ``check`` every ``poll_interval`` seconds (0.25 by default) until
+the event is set. ``check`` polls the config, compares stat signatures and, when
+something changed (or the periodic rescan is due), runs ``discovery.scan`` and
+``DeviceState.update``, which pushes the new list to every ListAndWatch stream.
+
+Signatures are stats of directories, never of every node: a node appearing or
+disappearing changes its directory's mtime. The watched directories are
+``<dev-root>`` itself, ``<dev-root>/mapper``, ``<dev-root>/crypto``, and the
+directories the include globs point into; ``<sys-root>/block`` is compared by
+its list of names, because sysfs does not keep directory mtimes up to date.
+
+``discovery-strategy``: ``default`` watches as above and also rescans fully every
+``scan-interval`` as a safety net; ``time`` only rescans every ``scan-interval``
+(no signature polling of the device trees; the config is still polled).
+
+The config file is watched by the stat signature of the path it resolves to, so
+both a plain rewrite and a ConfigMap update (``config.json -> ..data/config.json``
+with ``..data`` swapped to a new directory) are seen. An invalid new config is
+reported through ``on_error`` and the last good one is kept.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import posixpath
+import threading
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Protocol
+
+from .config import STRATEGY_TIME, ConfigError, PluginConfig, load_config
+from .devices import DeviceState
+from .discovery import ScanResult, scan, to_dev_root_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL_SECONDS = 0.25
+# Directories whose nodes the defaults can advertise even without include globs.
+ALWAYS_WATCHED_HOST_DIRS = ("/dev", "/dev/mapper", "/dev/crypto")
+
+Signature = tuple[Hashable, ...]
+
+
+def _stat_signature(path: str) -> Hashable:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+MAX_CONFIG_BYTES_HASHED = 1 << 20
+
+
+def _content_digest(path: str) -> Hashable:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read(MAX_CONFIG_BYTES_HASHED)).hexdigest()
+    except OSError:
+        return None
+
+
+def file_signature(path: Path) -> Signature:
+    """Which file ``path`` resolves to, its stat and its content digest: changes on a
+    rewrite (even one of the same size within one timestamp tick) and on a symlink swap.
+
+    Hashing is affordable because a config file is a few hundred bytes."""
+    real = os.path.realpath(path)
+    return (real, _stat_signature(real), _content_digest(real))
+
+
+def watched_dirs(config: PluginConfig, dev_root: Path) -> list[str]:
+    """Directories under dev-root whose entries can change what is advertised."""
+    root = posixpath.normpath(str(dev_root))
+    host_dirs = list(ALWAYS_WATCHED_HOST_DIRS)
+    for pattern in config.include_devices:
+        parent = posixpath.dirname(posixpath.normpath(pattern))
+        if parent not in host_dirs:
+            host_dirs.append(parent)
+    found: list[str] = []
+    for host_dir in host_dirs:
+        under_root = to_dev_root_path(host_dir, root)
+        paths = sorted(glob.glob(under_root)) if glob.has_magic(host_dir) else [under_root]
+        found.extend(p for p in paths if p not in found)
+    return found
+
+
+def device_signature(config: PluginConfig, dev_root: Path, sys_root: Path) -> Signature:
+    """Stats of the watched directories plus the names in ``<sys-root>/block``."""
+    dirs = tuple((d, _stat_signature(d)) for d in watched_dirs(config, dev_root))
+    try:
+        block_names: Hashable = frozenset(os.listdir(os.path.join(str(sys_root), "block")))
+    except OSError:
+        block_names = None
+    return (dirs, block_names)
+
+
+class ConfigSource(Protocol):
+    def current(self) -> PluginConfig: ...
+
+    def poll(self) -> bool: ...
+
+
+class StaticConfig:
+    """A config that never changes (for `scan` and tests)."""
+
+    def __init__(self, config: PluginConfig) -> None:
+        self._config = config
+
+    def current(self) -> PluginConfig:
+        return self._config
+
+    def poll(self) -> bool:
+        return False
+
+
+class ConfigWatcher:
+    """Holds the last good config of a file and reloads it when the file changes.
+
+    ``on_error(error)`` is called once per bad version of the file (with the file,
+    field and reason in the ConfigError); ``on_change(config, warnings)`` when a
+    new good config is applied, including the first load.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        on_error: Callable[[ConfigError], None] | None = None,
+        on_change: Callable[[PluginConfig, list[str]], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._on_error = on_error
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._config = PluginConfig()
+        self.warnings: list[str] = []
+        self.last_error: ConfigError | None = None
+        self._signature: Signature | None = None
+        self.poll()
+
+    def current(self) -> PluginConfig:
+        with self._lock:
+            return self._config
+
+    def poll(self) -> bool:
+        """Reload if the file changed; True if a different good config was applied."""
+        signature = file_signature(self.path)
+        if signature == self._signature:
+            return False
+        first_load = self._signature is None
+        self._signature = signature
+        try:
+            config, warnings = load_config(self.path)
+        except ConfigError as error:
+            self.last_error = error
+            log.error("%s; keeping the last good config", error)
+            if self._on_error is not None:
+                self._on_error(error)
+            return False
+        self.last_error = None
+        with self._lock:
+            if config == self._config and not first_load:
+                return False
+            self._config = config
+            self.warnings = warnings
+        for warning in warnings:
+            log.warning("%s", warning)
+        if self._on_change is not None:
+            self._on_change(config, warnings)
+        return not first_load
+
+
+class DeviceWatcher:
+    """Rescans when the device trees or the config change, or the periodic rescan is due.
+
+    ``on_scan(result, seconds)`` is called after every scan (for metrics).
+    """
+
+    def __init__(
+        self,
+        state: DeviceState,
+        config: ConfigSource,
+        dev_root: Path,
+        sys_root: Path,
+        poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS,
+        on_scan: Callable[[ScanResult, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.dev_root = dev_root
+        self.sys_root = sys_root
+        self.poll_interval = poll_interval
+        self._on_scan = on_scan
+        self._clock = clock
+        self._signature: Signature | None = None
+        self._next_full_scan: float | None = None
+        self.last_result: ScanResult | None = None
+
+    def _rescan(self, config: PluginConfig, now: float) -> bool:
+        started = time.perf_counter()
+        result = scan(config, self.dev_root, self.sys_root)
+        seconds = time.perf_counter() - started
+        self.last_result = result
+        self._next_full_scan = now + config.scan_interval_seconds
+        changed = self.state.update(result, config)
+        if self._on_scan is not None:
+            self._on_scan(result, seconds)
+        if changed:
+            log.info(
+                "device list changed: %d advertised units (%d devices found)",
+                len(self.state.current().devices),
+                len(result.advertised()),
+            )
+        return changed
+
+    def check(self) -> bool:
+        """One round: True if the advertised list changed."""
+        now = self._clock()
+        config_changed = self.config.poll()
+        config = self.config.current()
+        due = self._next_full_scan is None or now >= self._next_full_scan
+        if config.discovery_strategy == STRATEGY_TIME:
+            if config_changed or due:
+                return self._rescan(config, now)
+            return False
+        # Taken before the scan, so a change during the scan shows up next round.
+        signature = device_signature(config, self.dev_root, self.sys_root)
+        if config_changed or due or signature != self._signature:
+            self._signature = signature
+            return self._rescan(config, now)
+        return False
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set; a failing round is logged and the next one tried."""
+        while not stop.is_set():
+            try:
+                self.check()
+            except Exception:
+                log.exception("device watch round failed; retrying in %.2fs", self.poll_interval)
+            stop.wait(self.poll_interval)

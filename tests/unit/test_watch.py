@@ -1,0 +1,323 @@
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.unit.conftest import FakeHost, config_of
+
+from power_device_plugin.config import ConfigError, PluginConfig
+from power_device_plugin.devices import DeviceState
+from power_device_plugin.discovery import ScanResult
+from power_device_plugin.watch import (
+    ConfigWatcher,
+    DeviceWatcher,
+    StaticConfig,
+    device_signature,
+    watched_dirs,
+)
+
+
+class ConfigMapVolume:
+    """A ConfigMap volume as the kubelet writes it: ``config.json -> ..data/config.json``
+    and ``..data -> ..<timestamp>``, swapped atomically on every update."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "config.json"
+        self.generation = 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    def publish(self, doc: Any) -> None:
+        self.generation += 1
+        version_dir = self.root / f"..2026_11_27_{self.generation:04d}"
+        version_dir.mkdir()
+        text = doc if isinstance(doc, str) else json.dumps(doc)
+        (version_dir / "config.json").write_text(text)
+        temporary = self.root / "..data_tmp"
+        temporary.symlink_to(version_dir.name)
+        os.replace(temporary, self.root / "..data")
+        if not self.path.is_symlink():
+            self.path.symlink_to("..data/config.json")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+        self.changes: list[PluginConfig] = []
+
+    def on_error(self, error: ConfigError) -> None:
+        self.errors.append(error)
+
+    def on_change(self, config: PluginConfig, warnings: list[str]) -> None:
+        self.changes.append(config)
+
+
+def watcher_for(path: Path, recorder: Recorder) -> ConfigWatcher:
+    return ConfigWatcher(path, on_error=recorder.on_error, on_change=recorder.on_change)
+
+
+def test_config_watcher_loads_the_file_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"permissions": "r"}')
+    recorder = Recorder()
+    watcher = watcher_for(path, recorder)
+    assert watcher.current().permissions == "r"
+    assert [c.permissions for c in recorder.changes] == ["r"]
+
+
+def test_config_watcher_uses_defaults_when_the_file_is_missing(tmp_path: Path) -> None:
+    watcher = ConfigWatcher(tmp_path / "config.json")
+    assert watcher.current() == PluginConfig()
+    assert watcher.poll() is False
+
+
+def test_config_watcher_notices_a_plain_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"permissions": "r"}')
+    watcher = ConfigWatcher(path)
+    assert watcher.poll() is False
+    path.write_text('{"permissions": "rwm"}')
+    assert watcher.poll() is True
+    assert watcher.current().permissions == "rwm"
+
+
+def test_config_watcher_notices_a_configmap_symlink_swap(tmp_path: Path) -> None:
+    volume = ConfigMapVolume(tmp_path / "etc")
+    volume.publish({"grant-mode": "all"})
+    watcher = ConfigWatcher(volume.path)
+    assert watcher.current().grant_mode == "all"
+    volume.publish({"grant-mode": "per-device"})
+    assert watcher.poll() is True
+    assert watcher.current().grant_mode == "per-device"
+
+
+def test_invalid_update_keeps_the_last_good_config_and_reports_once(tmp_path: Path) -> None:
+    volume = ConfigMapVolume(tmp_path / "etc")
+    volume.publish({"permissions": "r"})
+    recorder = Recorder()
+    watcher = watcher_for(volume.path, recorder)
+    volume.publish({"permissions": "rx"})
+    assert watcher.poll() is False
+    assert watcher.poll() is False
+    assert watcher.current().permissions == "r"
+    (error,) = recorder.errors
+    assert error.field == "permissions"
+    assert error.path == str(volume.path)
+    assert "only r, w and m" in error.reason
+    assert watcher.last_error is error
+
+    volume.publish({"permissions": "w"})
+    assert watcher.poll() is True
+    assert watcher.current().permissions == "w"
+    assert watcher.last_error is None
+
+
+def test_invalid_config_at_start_means_defaults_and_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    recorder = Recorder()
+    watcher = watcher_for(path, recorder)
+    assert watcher.current() == PluginConfig()
+    assert [e.field for e in recorder.errors] == ["<document>"]
+
+
+def test_removed_config_file_means_defaults_again(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"permissions": "r"}')
+    watcher = ConfigWatcher(path)
+    path.unlink()
+    assert watcher.poll() is True
+    assert watcher.current() == PluginConfig()
+
+
+def test_watched_dirs_cover_dev_root_mapper_crypto_and_include_parents(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    (dev / "disk" / "by-id").mkdir(parents=True)
+    (dev / "disk" / "by-path").mkdir(parents=True)
+    config = config_of(include_devices=["/dev/vfio/*", "/dev/disk/by-*/wwn-*"])
+    assert watched_dirs(config, dev) == [
+        str(dev),
+        str(dev / "mapper"),
+        str(dev / "crypto"),
+        str(dev / "vfio"),
+        str(dev / "disk" / "by-id"),
+        str(dev / "disk" / "by-path"),
+    ]
+
+
+def test_device_signature_changes_when_a_node_appears_in_a_watched_subdirectory(
+    host: FakeHost,
+) -> None:
+    host.dm("dm-0", "mpatha")
+    config = config_of()
+    before = device_signature(config, host.dev, host.sys)
+    assert device_signature(config, host.dev, host.sys) == before
+    host.link("/dev/mapper/mpathb", "../dm-0")
+    assert device_signature(config, host.dev, host.sys) != before
+
+
+def test_device_signature_changes_when_sysfs_block_changes(host: FakeHost) -> None:
+    config = config_of()
+    before = device_signature(config, host.dev, host.sys)
+    (host.sys / "block" / "sdq").mkdir()
+    assert device_signature(config, host.dev, host.sys) != before
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def running(host: FakeHost) -> Iterator[tuple[DeviceState, DeviceWatcher]]:
+    state = DeviceState()
+    watcher = DeviceWatcher(state, StaticConfig(config_of()), host.dev, host.sys, poll_interval=0.2)
+    watcher.check()
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    yield state, watcher
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive()
+
+
+def test_device_watcher_pushes_a_new_node_within_one_second(
+    host: FakeHost, running: tuple[DeviceState, DeviceWatcher]
+) -> None:
+    state, _ = running
+    subscription = state.subscribe()
+    host.disk("sdx")
+    started = time.monotonic()
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None, "no update within 1 s of the node appearing"
+    assert time.monotonic() - started < 1.0
+    assert [r.host_path for r in snapshot.records] == ["/dev/sdx"]
+
+
+def test_device_watcher_pushes_a_vanished_node_as_unhealthy(
+    host: FakeHost, running: tuple[DeviceState, DeviceWatcher]
+) -> None:
+    state, _ = running
+    subscription = state.subscribe()
+    host.disk("sdx")
+    assert subscription.wait(1.0) is not None
+    host.remove_disk("sdx")
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None
+    assert [d.health for d in snapshot.devices] == ["Unhealthy"]
+
+
+def test_device_watcher_rescans_when_the_config_changes(host: FakeHost, tmp_path: Path) -> None:
+    host.disk("sda")
+    host.disk("sdb")
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    state = DeviceState()
+    watcher = DeviceWatcher(state, ConfigWatcher(path), host.dev, host.sys)
+    watcher.check()
+    assert len(state.current().records) == 2
+    path.write_text('{"exclude-devices": ["/dev/sdb"]}')
+    assert watcher.check() is True
+    assert [r.host_path for r in state.current().records] == ["/dev/sda"]
+
+
+def test_device_watcher_does_not_rescan_when_nothing_changed(host: FakeHost) -> None:
+    host.disk("sda")
+    scans: list[ScanResult] = []
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of()),
+        host.dev,
+        host.sys,
+        on_scan=lambda result, seconds: scans.append(result),
+        clock=FakeClock(),
+    )
+    watcher.check()
+    watcher.check()
+    watcher.check()
+    assert len(scans) == 1
+
+
+def test_device_watcher_rescans_fully_every_scan_interval(host: FakeHost) -> None:
+    clock = FakeClock()
+    scans: list[float] = []
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of(scan_interval="30s")),
+        host.dev,
+        host.sys,
+        on_scan=lambda result, seconds: scans.append(clock.now),
+        clock=clock,
+    )
+    watcher.check()
+    clock.now += 29
+    watcher.check()
+    clock.now += 1
+    watcher.check()
+    assert scans == [1000.0, 1030.0]
+
+
+def test_time_strategy_only_rescans_on_the_interval(host: FakeHost) -> None:
+    clock = FakeClock()
+    state = DeviceState()
+    watcher = DeviceWatcher(
+        state,
+        StaticConfig(config_of(discovery_strategy="time", scan_interval="1m")),
+        host.dev,
+        host.sys,
+        clock=clock,
+    )
+    watcher.check()
+    host.disk("sda")
+    assert watcher.check() is False
+    assert state.current().records == ()
+    clock.now += 60
+    assert watcher.check() is True
+    assert [r.host_path for r in state.current().records] == ["/dev/sda"]
+
+
+def test_a_failing_round_does_not_stop_the_watcher(host: FakeHost) -> None:
+    calls: list[int] = []
+
+    class FlakyConfig(StaticConfig):
+        def poll(self) -> bool:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("transient")
+            return False
+
+    watcher = DeviceWatcher(
+        DeviceState(), FlakyConfig(config_of()), host.dev, host.sys, poll_interval=0.01
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 2.0
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(2.0)
+    assert len(calls) >= 3
+
+
+def test_device_watcher_notices_a_node_in_a_directory_an_include_glob_points_into(
+    host: FakeHost,
+) -> None:
+    host.directory("/dev/vfio")
+    state = DeviceState()
+    config = StaticConfig(config_of(include_devices=["/dev/vfio/*"]))
+    watcher = DeviceWatcher(state, config, host.dev, host.sys, clock=FakeClock())
+    watcher.check()
+    host.char_node("/dev/vfio/12")
+    assert watcher.check() is True
+    assert [r.host_path for r in state.current().records] == ["/dev/vfio/12"]
