@@ -6,6 +6,7 @@ Tasks only parse flags and call into tested modules (`src/pdp_pipeline`,
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,12 +17,354 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # --- plugin tasks (protos) ---------------------------------------------------
 
+
+@task
+def protos(c: Context) -> None:
+    """Regenerate src/power_device_plugin/api/ from protos/ with grpcio-tools 1.51.
+
+    protoc runs from its own venv under .cache/protoc-venv (created once):
+    grpcio-tools 1.51 pins protobuf<5, which the project venv does not have.
+    """
+    from pdp_pipeline import protos as generator
+
+    try:
+        for path in generator.generate(ROOT, ROOT / "src"):
+            print(path.relative_to(ROOT))
+    except generator.ProtocError as error:
+        raise SystemExit(f"protos: {error}") from None
+
+
 # --- host tasks (setup) ------------------------------------------------------
+
+
+@task
+def setup(c: Context) -> None:
+    """Make this host able to build: Docker engine + buildx, QEMU, registry on 127.0.0.1:5000.
+
+    Idempotent: a ready host is only checked. Installs (Debian, root) or names
+    the command for each missing piece. Logs and registry data: .cache/.
+    """
+    from pdp_pipeline import host
+
+    try:
+        host.setup(host.HostPaths(cache=ROOT / ".cache"))
+    except host.HostError as error:
+        raise SystemExit(f"setup: {error}") from None
+
 
 # --- image tasks (build, verify) ---------------------------------------------
 
+
+@task(
+    help={
+        "arch": "all (default), amd64, ppc64le, s390x, or a comma list such as amd64,s390x",
+        "registry": "registry to push to (default: the local one, 127.0.0.1:5000)",
+        "repository": "image repository name (default power-dev-plugin)",
+        "tag": "image tag (default: git describe --tags --match 'v*' --always --dirty)",
+        "base": "ubi9 (default; falls back to debian, loudly, if ubi9 cannot be pulled) or debian",
+        "base_image": "a mirror of the ubi9 base (registry.access.redhat.com/ubi9/ubi:9.4)",
+        "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes instead of QEMU",
+        "push": "push images and index (default); --no-push: local engine only, no index/verify",
+        "verify": "run the testinfra suite on the pushed images (default); --no-verify skips it",
+    }
+)
+def build(
+    c: Context,
+    arch: str = "all",
+    registry: str = "127.0.0.1:5000",
+    repository: str = "power-dev-plugin",
+    tag: str = "",
+    base: str = "ubi9",
+    base_image: str = "",
+    builder: str = "",
+    push: bool = True,
+    verify: bool = True,
+) -> None:
+    """Build the plugin image per architecture, push them and one index, verify each image.
+
+    Ends with a table of architecture, digest, size, runtime (reused/built) and
+    verification; the record is in .cache/build/last-build.json. See docs/pipeline.md.
+    """
+    from pdp_pipeline import build as building
+    from pdp_pipeline import platforms, summary
+
+    try:
+        options = building.BuildOptions(
+            archs=platforms.select(arch),
+            registry=registry,
+            repository=repository,
+            tag=tag or None,
+            base=base,
+            base_image=base_image or None,
+            builder=builder or None,
+            push=push,
+            verify=verify,
+        )
+    except (ValueError, building.BuildError) as error:
+        raise SystemExit(f"build: {error}") from None
+    if building.is_local_registry(registry):
+        setup(c)
+    try:
+        record = building.run_build(options, root=ROOT)
+    except building.FAILURES as failure:
+        raise SystemExit(f"build failed: {type(failure).__name__}: {failure}") from None
+    print(summary.table(record), flush=True)
+    failed = [r.platform.arch for r in record.archs if r.verified is False]
+    if failed:
+        raise SystemExit(f"build: verification FAILED for {', '.join(failed)}")
+
+
+@task(
+    help={
+        "arch": "architectures of the build record to verify: all (default), or a comma list",
+        "record": "build record to verify (default .cache/build/last-build.json)",
+    }
+)
+def verify(c: Context, arch: str = "all", record: str = "") -> None:
+    """Run the testinfra suite (tests/image) against images already pushed by `build`."""
+    from pdp_pipeline import build as building
+    from pdp_pipeline import summary
+    from pdp_pipeline import verify as verifying
+
+    path = Path(record).resolve() if record else building.record_path(ROOT)
+    try:
+        built = building.load_record(path)
+        archs = building.archs_to_verify(built, arch)
+    except (ValueError, building.BuildError) as error:
+        raise SystemExit(f"verify: {error}") from None
+    if building.is_local_registry(built.registry):
+        setup(c)
+    try:
+        verified = verifying.verify_and_record(path, archs)
+    except building.FAILURES as failure:
+        raise SystemExit(f"verify failed: {type(failure).__name__}: {failure}") from None
+    print(summary.table(verified), flush=True)
+    failed = [r.platform.arch for r in verified.archs if r.platform.arch in archs]
+    failed = [a for a in failed if not verified.result_for(a).verified]
+    if failed:
+        raise SystemExit(f"verify: FAILED for {', '.join(failed)}")
+
+
+@task(
+    help={
+        "arch": "architectures whose plugin image runs on the node: amd64 (default), all, a,b",
+        "record": "build record to take the images from (default .cache/build/last-build.json)",
+        "manifests": "kustomization whose DaemonSet is run (default: manifests)",
+    }
+)
+def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "manifests") -> None:
+    """Node end-to-end: the plugin image, run as the DaemonSet says, grants loop devices.
+
+    Needs root. Brings the host up (`setup`) and builds the image (debian base)
+    when the build record lacks it; see docs/e2e.md.
+    """
+    from pdp_pipeline import platforms
+
+    try:
+        selected = platforms.select(arch)
+    except platforms.UnknownArchError as error:
+        raise SystemExit(f"e2e: {error}") from None
+    setup(c)
+    env = {"PDP_E2E_ARCHS": ",".join(p.arch for p in selected), "PDP_E2E_MANIFESTS": manifests}
+    if record:
+        env["PDP_BUILD_RECORD"] = str(Path(record).resolve())
+    c.run(shlex.join([sys.executable, "-m", "pytest", "-v", "tests/e2e"]), env=env, pty=False)
+
+
 # --- manifest tasks ----------------------------------------------------------
+
+
+@task(
+    help={
+        "variant": "openshift (default), kubernetes, examples-openshift or examples-kubernetes",
+        "out": "write the YAML to this file instead of printing it",
+    }
+)
+def manifests_render(c: Context, variant: str = "openshift", out: str = "") -> None:
+    """Print the install YAML of one variant (`kustomize build`)."""
+    from pdp_pipeline import manifests
+
+    if variant not in manifests.VARIANTS:
+        choices = ", ".join(manifests.VARIANTS)
+        raise SystemExit(f"manifests-render: --variant {variant!r}: choose one of {choices}")
+    try:
+        text = manifests.render_text(ROOT / manifests.VARIANTS[variant])
+    except manifests.ManifestError as error:
+        raise SystemExit(f"manifests-render: {error}") from None
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+
+
+@task(
+    help={
+        "kubernetes": "Kubernetes versions to validate against, comma list "
+        "(default: the oldest and the newest supported)"
+    }
+)
+def manifests_validate(c: Context, kubernetes: str = "") -> None:
+    """Render every variant and validate each object against the Kubernetes/OpenShift schemas."""
+    from pdp_pipeline import manifests
+
+    versions = [v for v in kubernetes.split(",") if v] or [
+        manifests.OLDEST_KUBERNETES,
+        manifests.newest_kubernetes(),
+    ]
+    schemas = ROOT / manifests.OPENSHIFT_SCHEMA_DIR
+    failed = 0
+    try:
+        for variant, directory in manifests.VARIANTS.items():
+            objects = manifests.render(ROOT / directory)
+            for version in versions:
+                for verdict in manifests.validate_objects(objects, version, schemas):
+                    print(f"{variant:20} {verdict}")
+                    failed += not verdict.ok
+    except manifests.ManifestError as error:
+        raise SystemExit(f"manifests-validate: {error}") from None
+    if failed:
+        raise SystemExit(f"manifests-validate: {failed} object(s) failed validation")
+
+
+@task(
+    help={
+        "image": "REGISTRY/power-dev-plugin:TAG@sha256:DIGEST to run",
+        "last_build": "pin the index the last `invoke build` pushed (.cache/build/last-build.json)",
+    }
+)
+def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None:
+    """Point both install variants at one plugin image (manifests/base/kustomization.yaml)."""
+    from pdp_pipeline import build, manifests
+
+    if bool(image) == last_build:
+        raise SystemExit("manifests-pin: give exactly one of --image REF or --last-build")
+    try:
+        ref = (
+            manifests.ref_from_build_record(build.record_path(ROOT))
+            if last_build
+            else manifests.parse_image_ref(image)
+        )
+        previous = manifests.pin_image(ROOT / manifests.IMAGE_PIN_DIR, ref)
+    except manifests.ManifestError as error:
+        raise SystemExit(f"manifests-pin: {error}") from None
+    print(f"manifests pinned: {previous} -> {ref}")
+
 
 # --- release tasks -----------------------------------------------------------
 
+
+@task(
+    help={
+        "dry_run": "everything against the local registry, throwaway key, artifacts marked dry run",
+        "registry": "registry to release to (default: the local one, 127.0.0.1:5000)",
+        "repository": "image repository name (default power-dev-plugin)",
+        "arch": "architectures: all (default), or a comma list; a release ships all",
+        "base": "dry run only: ubi9 (default; falls back to debian here) or debian",
+        "base_image": "dry run only: a mirror of the ubi9 base image",
+        "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes",
+        "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
+        "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
+        "out": "directory for the summary, SBOMs and install YAML (default out/release)",
+    }
+)
+def release(
+    c: Context,
+    dry_run: bool = False,
+    registry: str = "127.0.0.1:5000",
+    repository: str = "power-dev-plugin",
+    arch: str = "all",
+    base: str = "",
+    base_image: str = "",
+    builder: str = "",
+    key: str = "",
+    identity: str = "",
+    out: str = "out/release",
+) -> None:
+    """Build, verify, attest, sign and tag the release of the v*.*.* tag on HEAD."""
+    from pdp_pipeline import platforms
+    from pdp_pipeline import release as releasing
+
+    try:
+        options = releasing.ReleaseOptions(
+            dry_run=dry_run,
+            registry=registry,
+            repository=repository,
+            archs=platforms.select(arch),
+            base=base or None,
+            base_image=base_image or None,
+            builder=builder or None,
+            key=Path(key).resolve() if key else None,
+            certificate_identity_regexp=identity or None,
+            out_dir=Path(out),
+        )
+        releasing.check_options(options)
+        releasing.release_version(releasing.read_git_state(ROOT))
+    except (releasing.ReleaseRefused, platforms.UnknownArchError) as refusal:
+        raise SystemExit(f"release refused: {refusal}") from None
+    if releasing.signing.is_loopback_registry(registry):
+        setup(c)
+    try:
+        record = releasing.run_release(options, ROOT, releasing.default_steps(options, ROOT))
+    except releasing.ReleaseRefused as refusal:
+        raise SystemExit(f"release refused: {refusal}") from None
+    except Exception as failure:  # every failure ends the same way: say what and stop
+        raise SystemExit(f"release failed: {type(failure).__name__}: {failure}") from None
+    print("\n".join(releasing.summary_table(record)), flush=True)
+
+
 # --- quality tasks (lint, test) ----------------------------------------------
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff, mypy --strict on src/, hadolint on containers/."""
+    from pdp_pipeline import testrun
+
+    for name, command in testrun.LINT_COMMANDS:
+        print(f"lint: {name}", flush=True)
+        c.run(shlex.join(command))
+    files = " ".join(str(p.relative_to(ROOT)) for p in testrun.containerfiles(ROOT))
+    print("lint: hadolint", flush=True)
+    c.run(f"hadolint {files}")
+
+
+@task(
+    help={
+        "fast": "only the tests that need no engine (no setup, no image build)",
+        "arch": "architectures built for the image tests: all, or a comma list",
+    }
+)
+def test(c: Context, fast: bool = False, arch: str = "all") -> None:
+    """Lint, then every test: unit and integration first, then images, e2e, release.
+
+    Sets the host up (engine, QEMU, registry) and builds the images the engine
+    tests run against, so it works on a fresh machine with nothing prepared.
+    """
+    from pdp_pipeline import testrun
+
+    reports = ROOT / ".cache" / "test-reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    first = reports / "no-engine.xml"
+    second = reports / "engine.xml"
+    for stale in (first, second):
+        stale.unlink(missing_ok=True)
+
+    if not fast:
+        setup(c)
+    lint(c)
+    results = c.run(
+        shlex.join(testrun.pytest_command(f"not {testrun.ENGINE_MARK}", first)), warn=True
+    )
+    counts = testrun.counts_from_junit(first)
+    ok = results is not None and results.ok
+    if not fast and ok:
+        build(c, arch=arch, base="debian", verify=False)
+        results = c.run(
+            shlex.join(testrun.pytest_command(testrun.ENGINE_MARK, second)), warn=True
+        )
+        counts = counts + testrun.counts_from_junit(second)
+        ok = results is not None and results.ok
+    print(counts.closing_line(), flush=True)
+    if not ok:
+        raise SystemExit(1)
