@@ -1,0 +1,211 @@
+"""Talk to an OCI registry: tags, digests, sizes and the multi-architecture index.
+
+Everything goes through `docker buildx imagetools` so it works with any registry
+the docker CLI can reach (credentials, mirrors, TLS settings of the CLI apply),
+not only the local one. Registries have transient failures (the local one once
+answered 500 to a push), so network operations retry with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, TypeVar
+
+from pdp_pipeline.platforms import PLATFORMS
+
+T = TypeVar("T")
+Log = Callable[[str], None]
+
+INSPECT_TIMEOUT = 60.0  # seconds; a registry that does not answer in a minute is not answering
+CREATE_TIMEOUT = 300.0
+# Phrases with which registries and buildx say "that tag does not exist" (not a failure).
+NOT_FOUND_ANSWERS = ("not found", "manifest unknown", "name unknown", "404")
+ATTESTATION_REFERENCE_TYPE = "attestation-manifest"
+
+
+class RegistryError(Exception):
+    """A registry operation failed; the message names the image, the architecture and the answer."""
+
+    def __init__(self, message: str, *, image: str = "", arch: str = "", answer: str = "") -> None:
+        super().__init__(message)
+        self.image = image
+        self.arch = arch
+        self.answer = answer
+
+
+class NotFound(RegistryError):
+    """The registry answered, and the reference does not exist there."""
+
+
+def with_retries(
+    action: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 4,
+    first_delay: float = 2.0,
+    log: Log = print,
+    sleep: Callable[[float], None] | None = None,
+) -> T:
+    """Run action; on RegistryError (not NotFound) or OSError retry with doubling delays.
+
+    The last error is raised as it was, so its message still names image, arch and answer.
+    """
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except NotFound:
+            raise
+        except (RegistryError, OSError) as error:
+            if attempt == attempts:
+                raise
+            log(f"registry: {what} failed (attempt {attempt} of {attempts}): {error}")
+            log(f"registry: retrying {what} in {delay:.0f} s")
+            (sleep or time.sleep)(delay)
+            delay *= 2
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def arch_of(ref: str) -> str:
+    """The architecture a reference is for, read from its tag; `all` for an index tag."""
+    tag = ref.rsplit("/", 1)[-1].partition("@")[0].partition(":")[2]
+    words = tag.replace("_", "-").split("-")
+    return next((p.arch for p in PLATFORMS if p.arch in words), "all")
+
+
+def _imagetools(args: Sequence[str], ref: str, *, timeout: float = INSPECT_TIMEOUT) -> str:
+    argv = ["docker", "buildx", "imagetools", *args]
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise RegistryError(
+            f"{ref} ({arch_of(ref)}): no answer from the registry within {timeout:.0f} s"
+            f" (`{' '.join(argv)}`)",
+            image=ref,
+            arch=arch_of(ref),
+            answer="timeout",
+        ) from None
+    if result.returncode == 0:
+        return result.stdout
+    answer = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+    error_type = NotFound if is_not_found(answer) else RegistryError
+    raise error_type(
+        f"{ref} ({arch_of(ref)}): the registry answered: {answer}",
+        image=ref,
+        arch=arch_of(ref),
+        answer=answer,
+    )
+
+
+def is_not_found(answer: str) -> bool:
+    lowered = answer.lower()
+    return any(phrase in lowered for phrase in NOT_FOUND_ANSWERS)
+
+
+def raw_manifest(ref: str, log: Log = print) -> dict[str, Any]:
+    """The manifest or index `ref` points to, as the registry stores it."""
+    text = with_retries(
+        lambda: _imagetools(["inspect", "--raw", ref], ref), what=f"inspect {ref}", log=log
+    )
+    document = json.loads(text)
+    if not isinstance(document, dict):
+        raise RegistryError(
+            f"{ref}: the registry returned a manifest that is not a JSON object",
+            image=ref,
+            arch=arch_of(ref),
+            answer=text[:200],
+        )
+    return document
+
+
+def tag_exists(ref: str, log: Log = print) -> bool:
+    """True if the registry has `ref`; False if it answers "not found"; raises otherwise."""
+    try:
+        raw_manifest(ref, log)
+    except NotFound:
+        return False
+    return True
+
+
+def manifest_digest(ref: str, log: Log = print) -> str:
+    """The `sha256:…` digest of the manifest or index `ref` points to."""
+
+    def inspect() -> str:
+        text = _imagetools(["inspect", "--format", "{{json .Manifest}}", ref], ref)
+        return str(json.loads(text)["digest"])
+
+    return with_retries(inspect, what=f"digest of {ref}", log=log)
+
+
+def create_index(target: str, sources: Sequence[str], log: Log = print) -> str:
+    """Make `target` an OCI index of `sources` (per-architecture images); return its digest."""
+    if not sources:
+        raise RegistryError(f"{target}: no images to put in the index", image=target, arch="all")
+    log(f"registry: index {target} <- {', '.join(sources)}")
+    with_retries(
+        lambda: _imagetools(["create", "-t", target, *sources], target, timeout=CREATE_TIMEOUT),
+        what=f"index {target}",
+        log=log,
+    )
+    return manifest_digest(target, log)
+
+
+def platforms_of_index(index: dict[str, Any]) -> list[tuple[str, str]]:
+    """[(\"linux/ppc64le\", digest), …] of an index, attestation manifests left out."""
+    entries: list[tuple[str, str]] = []
+    for entry in index.get("manifests", []):
+        annotations = entry.get("annotations") or {}
+        if annotations.get("vnd.docker.reference.type") == ATTESTATION_REFERENCE_TYPE:
+            continue
+        platform = entry.get("platform") or {}
+        os_name, architecture = (
+            platform.get("os", "unknown"),
+            platform.get("architecture", "unknown"),
+        )
+        if os_name == "unknown" or architecture == "unknown":
+            continue
+        name = f"{os_name}/{architecture}"
+        if platform.get("variant"):
+            name += f"/{platform['variant']}"
+        entries.append((name, str(entry["digest"])))
+    return entries
+
+
+def index_platforms(ref: str, log: Log = print) -> list[tuple[str, str]]:
+    """The platforms of the index `ref` with their manifest digests."""
+    document = raw_manifest(ref, log)
+    if "manifests" not in document:
+        raise RegistryError(
+            f"{ref}: is a single-platform manifest ({document.get('mediaType', 'no media type')}),"
+            " not an index",
+            image=ref,
+            arch=arch_of(ref),
+            answer=str(document.get("mediaType")),
+        )
+    return platforms_of_index(document)
+
+
+def manifest_size(manifest: dict[str, Any]) -> int:
+    """Bytes an image occupies in the registry: config plus compressed layers."""
+    layers = manifest.get("layers", [])
+    return int(manifest.get("config", {}).get("size", 0)) + sum(
+        int(x.get("size", 0)) for x in layers
+    )
+
+
+def image_size(ref: str, log: Log = print) -> int | None:
+    """Compressed size of a single-platform image; None for an index (it has no one size)."""
+    document = raw_manifest(ref, log)
+    if "layers" not in document:
+        return None
+    return manifest_size(document)

@@ -1,0 +1,340 @@
+"""Runtime images: base OS + Python 3 + grpcio + protobuf + prometheus_client, per architecture.
+
+grpcio has no wheels for ppc64le or s390x and compiling it under QEMU takes hours,
+so this layer is built once per content key and reused from the registry by every
+later build. The key covers everything that decides the image's content: the base
+(image digest or package set), the producer definition, the dependency list and the
+architecture. Two producers: `debian` (offline, mmdebstrap) and `ubi9` (release base,
+`containers/runtime-ubi9.Containerfile`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pdp_pipeline import host, registry
+from pdp_pipeline.platforms import Platform
+
+Log = Callable[[str], None]
+# `registry` is also the name of ensure_runtime_image's parameter (kept for the callers).
+_registry = registry
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "runtime"
+UBI9_CONTAINERFILE = ROOT / "containers" / "runtime-ubi9.Containerfile"
+UBI9_REQUIREMENTS = ROOT / "containers" / "runtime-requirements.txt"
+UBI9_DEFAULT_IMAGE = "registry.access.redhat.com/ubi9/ubi:9.4"
+BASES = ("ubi9", "debian")
+RESOLVE_TIMEOUT = 10.0  # seconds: an unreachable base must fail fast, not stall a build
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR_FALLBACK = "http://deb.debian.org/debian"
+# What the plugin image needs from the runtime: the interpreter and the three imports.
+DEBIAN_PACKAGES = ("python3", "python3-grpcio", "python3-protobuf", "python3-prometheus-client")
+# Package-manager state and docs are not part of the contract; they only add size.
+DEBIAN_CLEANUP = (
+    "var/lib/apt/lists/*",
+    "var/cache/apt/*",
+    "var/cache/debconf/*-old",
+    "var/log/apt/*",
+    "var/log/dpkg.log",
+    "usr/share/doc/*",
+    "usr/share/man/*",
+    "usr/share/info/*",
+)
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class RuntimeImage:
+    base: str  # "debian" | "ubi9"
+    platform: Platform
+    ref: str  # <registry>/<repository>-runtime:<base>-<arch>-<key12>
+    digest: str  # sha256:… of that manifest
+    key: str  # the full content key (hex sha256)
+    reused: bool  # found in the registry, not built by this call
+    base_name: str  # what the image was made from, for the OCI base.name label
+
+
+class BaseUnavailable(Exception):
+    """The requested base cannot be resolved; the message says what, why and what to do."""
+
+
+class RuntimeBuildError(Exception):
+    """A producer step (mmdebstrap, import, build) failed; the message has its last lines."""
+
+
+# --- keys and names (pure) -----------------------------------------------------
+
+
+def content_key(
+    base: str, arch: str, base_identity: str, definition: str, dependencies: tuple[str, ...]
+) -> str:
+    """sha256 over everything that decides a runtime image's content."""
+    material = json.dumps(
+        {
+            "base": base,
+            "arch": arch,
+            "base_identity": base_identity,
+            "definition": definition,
+            "dependencies": list(dependencies),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def runtime_ref(registry_addr: str, repository: str, base: str, arch: str, key: str) -> str:
+    return f"{registry_addr}/{repository}-runtime:{base}-{arch}-{key[:12]}"
+
+
+def mmdebstrap_command(platform: Platform, mirror: str, output: Path) -> list[str]:
+    """The mmdebstrap run that makes the debian runtime root file system as a tar."""
+    cleanup = " ".join(f'"$1"/{pattern}' for pattern in DEBIAN_CLEANUP)
+    return [
+        "mmdebstrap",
+        f"--arch={platform.debian_arch}",
+        "--variant=apt",
+        "--include=" + ",".join(DEBIAN_PACKAGES),
+        "--aptopt=Acquire::Retries 3",
+        f"--customize-hook=rm -rf {cleanup}",
+        DEBIAN_SUITE,
+        str(output),
+        f"deb {mirror} {DEBIAN_SUITE} main",
+    ]
+
+
+def debian_definition(platform: Platform) -> str:
+    """The debian producer as text, for the key: the mmdebstrap run (mirror left out).
+
+    The mirror is left out on purpose: the same suite from another mirror is the same
+    content, and the key must not change between a laptop and CI.
+    """
+    return json.dumps(
+        {
+            "mmdebstrap": mmdebstrap_command(platform, "MIRROR", Path("OUT")),
+            "changes": import_changes("debian", "KEY"),
+        }
+    )
+
+
+def import_changes(base: str, key: str) -> list[str]:
+    """Dockerfile instructions applied by `docker import` (an imported tar has no config)."""
+    return [
+        f"ENV PATH={IMAGE_PATH}",
+        'CMD ["/usr/bin/python3"]',
+        f"LABEL io.power-dev-plugin.runtime.base={base}",
+        f"LABEL io.power-dev-plugin.runtime.key={key}",
+    ]
+
+
+def ubi9_definition() -> str:
+    """The ubi9 producer as text: its Containerfile, requirements and the extra wheel index."""
+    return json.dumps(
+        {
+            "containerfile": UBI9_CONTAINERFILE.read_text(),
+            "requirements": UBI9_REQUIREMENTS.read_text(),
+            "extra_index": os.environ.get("PIP_EXTRA_INDEX_URL", ""),
+        }
+    )
+
+
+def debian_mirror() -> str:
+    try:
+        return host.bookworm_stanza(host.DEBIAN_SOURCES.read_text())["URIs"].split()[0]
+    except (OSError, host.HostError):
+        return DEBIAN_MIRROR_FALLBACK
+
+
+# --- choosing the base -------------------------------------------------------------
+
+
+def resolve_ubi9(base_image: str | None, log: Log = print) -> str:
+    """`image@sha256:…` of the ubi9 base, or BaseUnavailable within RESOLVE_TIMEOUT."""
+    image = base_image or UBI9_DEFAULT_IMAGE
+    started = time.monotonic()
+    argv = ["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", image]
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=RESOLVE_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        answer = (result.stderr or result.stdout).strip()
+        digest = str(json.loads(result.stdout)["digest"]) if result.returncode == 0 else ""
+    except subprocess.TimeoutExpired:
+        answer, digest = f"no answer within {RESOLVE_TIMEOUT:g} s", ""
+    except (OSError, ValueError, KeyError) as error:
+        answer, digest = str(error), ""
+    seconds = time.monotonic() - started
+    if not digest:
+        raise BaseUnavailable(
+            f"base image {image} cannot be resolved ({seconds:.1f} s): {answer}. "
+            "Use --base-image with a mirror of it that this host can reach,"
+            " or --base debian to build from Debian packages without any registry."
+        )
+    log(f"runtime: ubi9 base {image} is {digest} ({seconds:.1f} s)")
+    return f"{image.split('@', 1)[0]}@{digest}"
+
+
+def choose_base(
+    requested: str, base_image: str | None, allow_fallback: bool, log: Log = print
+) -> tuple[str, bool]:
+    """(base to build on, whether that is a fallback from the requested one)."""
+    if requested not in BASES:
+        raise BaseUnavailable(f"unknown base {requested!r}; choose one of {', '.join(BASES)}")
+    if requested == "debian":
+        return "debian", False
+    try:
+        resolve_ubi9(base_image, log)
+    except BaseUnavailable as error:
+        if not allow_fallback:
+            raise
+        banner = "!" * 78
+        log(banner)
+        log(f"WARNING: FALLING BACK TO THE DEBIAN BASE. {error}")
+        log("WARNING: these images are NOT on the release base (ubi9); a release refuses them.")
+        log(banner)
+        return "debian", True
+    return "ubi9", False
+
+
+# --- producing -----------------------------------------------------------------
+
+
+def ensure_runtime_image(
+    base: str,
+    platform: Platform,
+    registry: str,
+    repository: str,
+    *,
+    base_image: str | None = None,
+    builder: str | None = None,
+    log: Log = print,
+) -> RuntimeImage:
+    """The runtime image for (base, platform): reused from the registry if its key exists."""
+    if base == "debian":
+        base_name = f"debian:{DEBIAN_SUITE}"
+        key = content_key(
+            base, platform.arch, base_name, debian_definition(platform), DEBIAN_PACKAGES
+        )
+    elif base == "ubi9":
+        base_name = resolve_ubi9(base_image, log)
+        key = content_key(base, platform.arch, base_name, ubi9_definition(), ubi9_requirements())
+    else:
+        raise BaseUnavailable(f"unknown base {base!r}; choose one of {', '.join(BASES)}")
+    ref = runtime_ref(registry, repository, base, platform.arch, key)
+    if _registry.tag_exists(ref, log):
+        log(f"runtime: [{platform.arch}] reused {ref}")
+        digest = _registry.manifest_digest(ref, log)
+        return RuntimeImage(base, platform, ref, digest, key, True, base_name)
+    started = time.monotonic()
+    if base == "debian":
+        _produce_debian(platform, key, ref, log)
+    else:
+        _produce_ubi9(platform, key, ref, base_name, builder, log)
+    digest = _registry.manifest_digest(ref, log)
+    log(f"runtime: [{platform.arch}] built {ref}@{digest} in {time.monotonic() - started:.0f} s")
+    return RuntimeImage(base, platform, ref, digest, key, False, base_name)
+
+
+def ubi9_requirements() -> tuple[str, ...]:
+    lines = (line.split("#", 1)[0].strip() for line in UBI9_REQUIREMENTS.read_text().splitlines())
+    return tuple(line for line in lines if line)
+
+
+def _check(argv: list[str], what: str, log: Log, image: str = "", arch: str = "") -> None:
+    """Run argv; a failure that mentions a push is a RegistryError (retried), else a build error."""
+    log("  $ " + " ".join(argv))
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        return
+    tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    message = f"{what} failed (exit {result.returncode}):\n{tail}"
+    if "push" in tail.lower():
+        raise registry.RegistryError(message, image=image, arch=arch, answer=tail)
+    raise RuntimeBuildError(message)
+
+
+def _produce_debian(platform: Platform, key: str, ref: str, log: Log) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tar = CACHE / f"debian-{platform.arch}-{key[:12]}.tar"
+    if tar.exists():
+        log(f"runtime: [{platform.arch}] root file system from cache {tar}")
+    else:
+        partial = tar.with_suffix(".partial.tar")
+        partial.unlink(missing_ok=True)
+        log(f"runtime: [{platform.arch}] mmdebstrap {DEBIAN_SUITE} (minutes under QEMU)")
+        _check(mmdebstrap_command(platform, debian_mirror(), partial), "mmdebstrap", log)
+        partial.rename(tar)  # only a complete tar is ever reused
+    changes = [arg for change in import_changes("debian", key) for arg in ("--change", change)]
+    _check(
+        ["docker", "import", "--platform", platform.platform, *changes, str(tar), ref],
+        f"docker import of {tar}",
+        log,
+    )
+    _push(ref, platform, log)
+
+
+def _push(ref: str, platform: Platform, log: Log) -> None:
+    def push() -> None:
+        result = subprocess.run(
+            ["docker", "push", ref], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            answer = (result.stderr or result.stdout).strip()
+            raise registry.RegistryError(
+                f"push of {ref} ({platform.arch}) failed; the registry answered: {answer}",
+                image=ref,
+                arch=platform.arch,
+                answer=answer,
+            )
+
+    registry.with_retries(push, what=f"push of {ref}", log=log)
+
+
+def ubi9_build_command(
+    platform: Platform,
+    key: str,
+    ref: str,
+    base_name: str,
+    builder: str | None,
+    extra_index: str | None,
+) -> list[str]:
+    """The buildx run that builds and pushes the ubi9 runtime for one platform."""
+    argv = ["docker", "buildx", "build"]
+    if builder:
+        argv += ["--builder", builder]
+    argv += ["-f", str(UBI9_CONTAINERFILE), "--platform", platform.platform]
+    argv += ["--network", "host", "--build-arg", f"BASE_IMAGE={base_name}"]
+    if extra_index:
+        argv += ["--build-arg", f"PIP_EXTRA_INDEX_URL={extra_index}"]
+    argv += ["--label", "io.power-dev-plugin.runtime.base=ubi9"]
+    argv += ["--label", f"io.power-dev-plugin.runtime.key={key}"]
+    argv += ["--provenance=false", "--push", "-t", ref, str(UBI9_CONTAINERFILE.parent)]
+    return argv
+
+
+def _produce_ubi9(
+    platform: Platform, key: str, ref: str, base_name: str, builder: str | None, log: Log
+) -> None:
+    argv = ubi9_build_command(
+        platform, key, ref, base_name, builder, os.environ.get("PIP_EXTRA_INDEX_URL")
+    )
+    where = f"on builder {builder}" if builder else "on this engine (QEMU for foreign platforms)"
+    log(f"runtime: [{platform.arch}] ubi9 build {where}; a grpcio compile under QEMU takes hours")
+    registry.with_retries(
+        lambda: _check(argv, f"buildx build of {ref}", log, image=ref, arch=platform.arch),
+        what=f"build of {ref}",
+        log=log,
+    )
