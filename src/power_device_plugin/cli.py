@@ -1,0 +1,372 @@
+"""The `power-device-plugin` command: flags (each with a `PDP_…` twin) → parts.
+
+`serve` runs the plugin, `scan` prints what would be advertised and why,
+`--version` prints the version. A bad flag or environment value exits 2 with a
+message that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from power_device_plugin import __version__
+from power_device_plugin.config import ConfigError, load_config
+from power_device_plugin.devices import DeviceSnapshot, DeviceState
+from power_device_plugin.discovery import ScanResult, scan
+from power_device_plugin.metrics import PluginMetrics
+
+log = logging.getLogger("power_device_plugin")
+
+DEFAULT_RESOURCE = "power-dev-plugin/dev"
+DEFAULT_SOCKET_NAME = "power-dev.csi.ibm.com-reg.sock"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+OUTPUTS = ("table", "json")
+# How often the device trees and the config file are stat()ed. A change must
+# reach the kubelet within 1 s (poll + a rescan of ~1000 nodes fits easily);
+# polling faster costs idle CPU for nothing.
+DEVICE_POLL_SECONDS = 0.4
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def resource_name(text: str) -> str:
+    """A valid extended resource name (`domain/name`, not in kubernetes.io); ValueError says why."""
+    domain, sep, name = text.partition("/")
+    if not sep or not domain or not name:
+        raise ValueError(f"{text!r} must be domain/name, like {DEFAULT_RESOURCE!r}")
+    if len(domain) > 253 or not _DNS_SUBDOMAIN.match(domain):
+        raise ValueError(f"{text!r}: domain {domain!r} is not a lower-case DNS subdomain")
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        raise ValueError(f"{text!r}: the kubernetes.io domain is reserved; use your own domain")
+    if domain.startswith("requests."):
+        raise ValueError(f"{text!r}: a domain starting with 'requests.' is reserved for quotas")
+    if len(name) > 63 or not _NAME.match(name):
+        raise ValueError(
+            f"{text!r}: name {name!r} must be at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return text
+
+
+def socket_name(text: str) -> str:
+    """A plain file name inside the plugin directory (the kubelet takes it relative)."""
+    if not text or "/" in text or text in (".", ".."):
+        raise ValueError(f"{text!r} must be a file name, without '/'")
+    if text == "kubelet.sock":
+        raise ValueError("'kubelet.sock' is the kubelet's own socket; choose another name")
+    return text
+
+
+def listen_address(text: str) -> str:
+    from power_device_plugin.health import parse_listen
+
+    parse_listen(text)
+    return text
+
+
+def choice_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    check.__name__ = "choice"
+    return check
+
+
+def directory_path(text: str) -> Path:
+    if not text:
+        raise ValueError("is empty; give a directory path")
+    return Path(text)
+
+
+def file_path(text: str) -> Path:
+    if not text:
+        raise ValueError("is empty; give a file path")
+    return Path(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag and its environment twin."""
+
+    flag: str
+    env: str
+    default: str
+    convert: Callable[[str], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--config", "PDP_CONFIG", "/etc/power-device-plugin/config.json", file_path,
+           "config.json (IBM format); a missing file means the defaults"),
+    Option("--plugin-dir", "PDP_PLUGIN_DIR", "/var/lib/kubelet/device-plugins", directory_path,
+           "the kubelet's device plugin directory (holds kubelet.sock)"),
+    Option("--dev-root", "PDP_DEV_ROOT", "/dev", directory_path,
+           "where the host's /dev is visible"),
+    Option("--sys-root", "PDP_SYS_ROOT", "/sys", directory_path,
+           "where the host's /sys is visible"),
+    Option("--resource", "PDP_RESOURCE", DEFAULT_RESOURCE, resource_name,
+           "extended resource name advertised to the kubelet"),
+    Option("--socket-name", "PDP_SOCKET_NAME", DEFAULT_SOCKET_NAME, socket_name,
+           "the plugin's socket file name inside --plugin-dir"),
+    Option("--listen", "PDP_LISTEN", ":8080", listen_address,
+           "[host]:port of /healthz, /readyz and /metrics"),
+    Option("--log-level", "PDP_LOG_LEVEL", "info", choice_of(LOG_LEVELS),
+           "one of " + ", ".join(LOG_LEVELS)),
+    Option("--log-format", "PDP_LOG_FORMAT", "text", choice_of(LOG_FORMATS),
+           "text, or json (one object per line)"),
+)  # fmt: skip
+
+
+def options_table() -> str:
+    """The flag table of docs/plugin.md (a test keeps the two identical)."""
+    lines = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{o.flag}` | `{o.env}` | `{o.default}` | {o.help} |" for o in OPTIONS]
+    return "\n".join(lines) + "\n"
+
+
+def _for_argparse(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse shows an ArgumentTypeError's own words after the flag's name."""
+
+    def wrapped(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    wrapped.__name__ = getattr(convert, "__name__", "value")
+    return wrapped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    for option in OPTIONS:
+        common.add_argument(
+            option.flag,
+            type=_for_argparse(option.convert),
+            default=None,
+            metavar=option.env[len("PDP_") :],
+            help=f"{option.help} (env {option.env}, default {option.default})",
+        )
+    parser = argparse.ArgumentParser(
+        prog="power-device-plugin",
+        description="Kubernetes device plugin that grants protected host devices to pods.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    commands.add_parser(
+        "serve", parents=[common], help="run the plugin", description="Run the device plugin."
+    )
+    scan = commands.add_parser(
+        "scan",
+        parents=[common],
+        help="print what would be advertised and why",
+        description="Print every candidate device, its verdict and the rule behind it.",
+    )
+    scan.add_argument(
+        "--output", "-o", type=_for_argparse(choice_of(OUTPUTS)), default="table",
+        help="table (default) or json",
+    )  # fmt: skip
+    return parser
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """Flags first, then the `PDP_…` twins, then the defaults. Exits 2 naming a bad value."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    for option in OPTIONS:
+        dest = option.flag.lstrip("-").replace("-", "_")
+        if getattr(args, dest) is not None:
+            continue
+        if option.env in environ:
+            text = environ[option.env]
+            try:
+                value = option.convert(text)
+            except ValueError as error:
+                parser.exit(2, f"{parser.prog}: error: {option.env}={text!r}: {error}\n")
+        else:
+            value = option.convert(option.default)
+        setattr(args, dest, value)
+    return args
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # grpc's own logger is chatty at debug; it follows ours but never below info.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))
+
+
+def scan_report(resource: str, snapshot: DeviceSnapshot, result: ScanResult) -> dict[str, Any]:
+    """The `scan --output json` document (format fixed in docs/architecture.md)."""
+    return {
+        "resource": resource,
+        "devices": [{"id": d.id, "health": d.health} for d in snapshot.devices],
+        "candidates": [
+            {
+                "path": c.path,
+                "host_path": c.host_path,
+                "verdict": c.verdict,
+                "rule": c.rule,
+                "reason": c.reason,
+            }
+            for c in result.candidates
+        ],
+    }
+
+
+def scan_table(report: Mapping[str, Any]) -> str:
+    """The same report for people: candidates, then the IDs that would be advertised."""
+    header = ("VERDICT", "HOST PATH", "RULE", "REASON")
+    rows = [header] + [
+        (c["verdict"], c["host_path"], c["rule"], c["reason"]) for c in report["candidates"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1]
+        for row in rows
+    ]
+    lines.append("")
+    lines.append(f"{report['resource']}: {len(report['devices'])} device IDs would be advertised")
+    lines.extend(f"  {d['id']}  {d['health']}" for d in report["devices"])
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def run_scan(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigError as error:
+        log.error("invalid config: %s", error)
+        return 2
+    for warning in warnings:
+        log.warning("%s", warning)
+    result = scan(config, args.dev_root, args.sys_root)
+    state = DeviceState()
+    state.update(result, config)
+    report = scan_report(args.resource, state.current(), result)
+    if args.output == "json":
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(scan_table(report))
+    return 0
+
+
+def start_watchers(
+    args: argparse.Namespace, state: DeviceState, metrics: PluginMetrics, stopping: threading.Event
+) -> list[threading.Thread]:
+    """First scan now (so the first ListAndWatch is complete), then watch in a thread."""
+    from power_device_plugin.watch import ConfigWatcher, DeviceWatcher
+
+    def on_scan(result: ScanResult, seconds: float) -> None:
+        metrics.scan_duration.observe(seconds)
+        metrics.record_snapshot(state.current())
+
+    configs = ConfigWatcher(args.config, on_error=lambda error: metrics.config_errors.inc())
+    watcher = DeviceWatcher(
+        state,
+        configs,
+        args.dev_root,
+        args.sys_root,
+        poll_interval=DEVICE_POLL_SECONDS,
+        on_scan=on_scan,
+    )
+    watcher.check()
+    thread = threading.Thread(
+        target=watcher.run, args=(stopping,), name="device-watch", daemon=True
+    )
+    thread.start()
+    return [thread]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from power_device_plugin.health import HealthServer, Probes, parse_listen
+    from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
+    from power_device_plugin.server import DevicePluginServicer
+
+    stopping = threading.Event()
+    install_stop_handlers(stopping)
+    log.info("power-device-plugin %s starting", __version__)
+    metrics = PluginMetrics()
+    state = DeviceState()
+    watchers = start_watchers(args, state, metrics, stopping)
+    servicer = DevicePluginServicer(state, metrics, stopping)
+    endpoint = Endpoint(args.plugin_dir, args.socket_name, args.resource)
+    lifecycle = PluginLifecycle(endpoint, servicer, metrics, stopping)
+    try:
+        health = HealthServer(parse_listen(args.listen), Probes(ready=lifecycle.ready), metrics)
+    except OSError as error:
+        log.error("cannot listen on %s for /healthz, /readyz, /metrics: %s", args.listen, error)
+        return 1
+    health.start()
+    log.info("health and metrics on %s", args.listen)
+    try:
+        lifecycle.run()
+    finally:
+        stopping.set()
+        state.close_subscriptions()
+        health.stop()
+        for watcher in watchers:
+            watcher.join(timeout=1.0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = parse_args(
+        sys.argv[1:] if argv is None else argv, os.environ if environ is None else environ
+    )
+    configure_logging(args.log_level, args.log_format)
+    if args.command == "scan":
+        return run_scan(args, sys.stdout)
+    return run_serve(args)
+
+
+def install_stop_handlers(stopping: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stopping`; the loops notice and wind down."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,244 @@
+"""The kubelet lifecycle: serve, register, watch both sockets, start again on any loss.
+
+Recovery is the main path, not a special case: one loop serves the plugin
+socket, registers with the kubelet (retrying with backoff while the kubelet is
+away), then watches. When our socket disappears or `kubelet.sock` is recreated
+(the kubelet restarted) it tears everything down and goes round again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from power_device_plugin.api import API_VERSION, KUBELET_SOCKET_NAME, pb, rpc
+from power_device_plugin.metrics import PluginMetrics
+from power_device_plugin.server import DevicePluginServicer, add_servicer
+
+log = logging.getLogger(__name__)
+
+# Both sockets are stat()ed this often: cheap (two stat calls), and well
+# inside the 1 s we allow ourselves to come back after a kubelet restart.
+POLL_SECONDS = 0.25
+FIRST_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 5.0
+REGISTER_TIMEOUT_SECONDS = 3.0
+# Open ListAndWatch streams end on their own within server.STREAM_WAKE_SECONDS;
+# the grace only lets in-flight unary calls finish.
+STOP_GRACE_SECONDS = 0.5
+SERVER_THREADS = 16
+
+SocketSignature = tuple[int, int, int]  # (device, inode, ctime_ns)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the plugin serves and whom it registers with."""
+
+    plugin_dir: Path
+    socket_name: str
+    resource: str
+
+    @property
+    def socket_path(self) -> Path:
+        return self.plugin_dir / self.socket_name
+
+    @property
+    def kubelet_socket(self) -> Path:
+        return self.plugin_dir / KUBELET_SOCKET_NAME
+
+
+def socket_signature(path: Path) -> SocketSignature | None:
+    """What identifies one incarnation of a socket file; None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def backoff_delays(first: float, cap: float) -> list[float]:
+    """Doubling delays from `first`, the last one being `cap` (used over and over)."""
+    delays = [first]
+    while delays[-1] * 2 < cap:
+        delays.append(delays[-1] * 2)
+    delays.append(cap)
+    return delays
+
+
+def register_request(endpoint: Endpoint) -> pb.RegisterRequest:
+    return pb.RegisterRequest(
+        version=API_VERSION,
+        endpoint=endpoint.socket_name,
+        resource_name=endpoint.resource,
+        options=pb.DevicePluginOptions(
+            pre_start_required=False, get_preferred_allocation_available=True
+        ),
+    )
+
+
+class PluginLifecycle:
+    """Runs the serve → register → watch loop until `stopping` is set."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        servicer: DevicePluginServicer,
+        metrics: PluginMetrics,
+        stopping: threading.Event,
+    ) -> None:
+        self.endpoint = endpoint
+        self._servicer = servicer
+        self._metrics = metrics
+        self._stopping = stopping
+        self._registered = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=SERVER_THREADS, thread_name_prefix="grpc")
+
+    def ready(self) -> bool:
+        """Registered, and the kubelet holds a ListAndWatch stream open."""
+        return self._registered.is_set() and self._servicer.streams.open > 0
+
+    def run(self) -> None:
+        """The loop. Returns once `stopping` is set, with the socket removed."""
+        delays = backoff_delays(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._one_round()
+                    failures = 0
+                except Exception as error:  # any failure: the answer is to start again
+                    delay = delays[min(failures, len(delays) - 1)]
+                    failures += 1
+                    log.error(
+                        "cannot serve on %s: %s; starting again in %.1fs",
+                        self.endpoint.socket_path,
+                        error,
+                        delay,
+                    )
+                    self._stopping.wait(delay)
+        finally:
+            self._executor.shutdown(wait=False)
+            log.info("plugin stopped")
+
+    def _one_round(self) -> None:
+        server, own = self._serve()
+        try:
+            kubelet = self._register(own)
+            if kubelet is None:
+                return
+            reason = self._watch(own, kubelet)
+            if reason:
+                log.warning("%s: registering again", reason)
+        finally:
+            self._registered.clear()
+            server.stop(STOP_GRACE_SECONDS).wait()
+            self._remove_socket(own)
+
+    def _serve(self) -> tuple[grpc.Server, SocketSignature | None]:
+        path = self.endpoint.socket_path
+        self._remove_stale(path)
+        server = grpc.server(self._executor)
+        add_servicer(self._servicer, server)
+        try:
+            port = server.add_insecure_port(f"unix://{path}")
+        except RuntimeError as error:  # newer grpcio raises, older ones return 0
+            raise OSError(f"cannot bind {path}: {error}") from None
+        if port == 0:
+            raise OSError(f"cannot bind {path} (does {self.endpoint.plugin_dir} exist?)")
+        server.start()
+        log.info("serving %s on %s", self.endpoint.resource, path)
+        return server, socket_signature(path)
+
+    def _remove_stale(self, path: Path) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(mode):
+            raise OSError(f"{path} is a directory; cannot serve the plugin socket there")
+        log.info("removing stale %s left by an earlier run", path)
+        path.unlink()
+
+    def _remove_socket(self, own: SocketSignature | None) -> None:
+        # Only our own incarnation: after a kubelet restart the path may
+        # already be gone, and it is never ours to delete someone else's file.
+        path = self.endpoint.socket_path
+        if own is not None and socket_signature(path) == own:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _register(self, own: SocketSignature | None) -> SocketSignature | None:
+        """Register, retrying with backoff; returns kubelet.sock's signature, or None to restart."""
+        delays = backoff_delays(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
+        attempt = 0
+        while not self._stopping.is_set():
+            kubelet = socket_signature(self.endpoint.kubelet_socket)
+            error = self._try_register() if kubelet is not None else "no kubelet.sock yet"
+            if error is None:
+                self._registered.set()
+                self._metrics.registrations.labels(result="ok").inc()
+                log.info(
+                    "registered %s with the kubelet at %s",
+                    self.endpoint.resource,
+                    self.endpoint.kubelet_socket,
+                )
+                return kubelet
+            self._metrics.registrations.labels(result="failed").inc()
+            delay = delays[min(attempt, len(delays) - 1)]
+            attempt += 1
+            log.warning(
+                "kubelet not reachable at %s (%s); retrying in %.1fs",
+                self.endpoint.kubelet_socket,
+                error,
+                delay,
+            )
+            # Wait out the delay, but retry at once when kubelet.sock appears
+            # or is replaced, and start over if our own socket was removed.
+            deadline = time.monotonic() + delay
+            while not self._stopping.wait(POLL_SECONDS):
+                if socket_signature(self.endpoint.socket_path) != own:
+                    log.warning(
+                        "plugin socket %s removed while registering", self.endpoint.socket_path
+                    )
+                    return None
+                if socket_signature(self.endpoint.kubelet_socket) != kubelet:
+                    break
+                if time.monotonic() >= deadline:
+                    break
+        return None
+
+    def _try_register(self) -> str | None:
+        """One Register call; the error in words, or None on success."""
+        # A private subchannel pool: after a kubelet restart a shared pool could
+        # hand back the dead connection to the old kubelet.sock.
+        with grpc.insecure_channel(
+            f"unix://{self.endpoint.kubelet_socket}",
+            options=[("grpc.use_local_subchannel_pool", 1)],
+        ) as channel:
+            stub = rpc.RegistrationStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                stub.Register(register_request(self.endpoint), timeout=REGISTER_TIMEOUT_SECONDS)
+            except grpc.RpcError as error:
+                code = error.code() if hasattr(error, "code") else None
+                details = error.details() if hasattr(error, "details") else str(error)
+                return f"{getattr(code, 'name', code)}: {details}"
+        return None
+
+    def _watch(self, own: SocketSignature | None, kubelet: SocketSignature) -> str | None:
+        """Poll both sockets; the reason to start again, or None when stopping."""
+        while not self._stopping.wait(POLL_SECONDS):
+            if socket_signature(self.endpoint.socket_path) != own:
+                return f"plugin socket {self.endpoint.socket_path} was removed"
+            if socket_signature(self.endpoint.kubelet_socket) != kubelet:
+                return f"{self.endpoint.kubelet_socket} was recreated (kubelet restarted)"
+        return None

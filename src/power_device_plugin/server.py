@@ -1,0 +1,184 @@
+"""The `v1beta1.DevicePlugin` gRPC servicer.
+
+It only publishes snapshots and answers from the current one: no scans and no
+config reads happen on a call path. New snapshots arrive through a
+`DeviceState` subscription and are pushed into every open ListAndWatch stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from power_device_plugin.api import pb, rpc
+from power_device_plugin.devices import (
+    AdvertisedDevice,
+    AllocationError,
+    ContainerGrant,
+    DeviceState,
+)
+from power_device_plugin.metrics import PluginMetrics
+
+log = logging.getLogger(__name__)
+
+# How long a ListAndWatch stream waits for a new snapshot before it looks
+# again at whether it was cancelled or the plugin is stopping. New snapshots
+# wake it at once; this only bounds how long a dead stream holds a thread.
+STREAM_WAKE_SECONDS = 1.0
+
+_ERROR_CODES = {
+    "unknown": grpc.StatusCode.INVALID_ARGUMENT,
+    "unhealthy": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def list_response(devices: Sequence[AdvertisedDevice]) -> pb.ListAndWatchResponse:
+    """The whole advertised list, as ListAndWatch sends it."""
+    return pb.ListAndWatchResponse(
+        devices=[pb.Device(ID=device.id, health=device.health) for device in devices]
+    )
+
+
+def container_response(grant: ContainerGrant) -> pb.ContainerAllocateResponse:
+    """One container's grant in wire form."""
+    return pb.ContainerAllocateResponse(
+        envs=dict(grant.envs),
+        annotations=dict(grant.annotations),
+        devices=[
+            pb.DeviceSpec(
+                container_path=spec.container_path,
+                host_path=spec.host_path,
+                permissions=spec.permissions,
+            )
+            for spec in grant.devices
+        ],
+        mounts=[
+            pb.Mount(container_path=container_path, host_path=host_path, read_only=read_only)
+            for container_path, host_path, read_only in grant.mounts
+        ],
+    )
+
+
+class StreamCounter:
+    """How many ListAndWatch streams are open (readiness needs at least one)."""
+
+    def __init__(self, metrics: PluginMetrics) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._metrics = metrics
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+            self._metrics.streams.set(self._open)
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+            self._metrics.streams.set(self._open)
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return self._open
+
+
+class DevicePluginServicer(rpc.DevicePluginServicer):
+    """Answers the kubelet from `state`; ends its streams when `stopping` is set."""
+
+    def __init__(
+        self,
+        state: DeviceState,
+        metrics: PluginMetrics,
+        stopping: threading.Event,
+        streams: StreamCounter | None = None,
+    ) -> None:
+        self._state = state
+        self._metrics = metrics
+        self._stopping = stopping
+        self.streams = streams if streams is not None else StreamCounter(metrics)
+
+    def GetDevicePluginOptions(
+        self, request: pb.Empty, context: grpc.ServicerContext
+    ) -> pb.DevicePluginOptions:
+        return pb.DevicePluginOptions(
+            pre_start_required=False, get_preferred_allocation_available=True
+        )
+
+    def ListAndWatch(
+        self, request: pb.Empty, context: grpc.ServicerContext
+    ) -> Iterator[pb.ListAndWatchResponse]:
+        # Subscribe before reading the current snapshot, so a change between
+        # the two is never lost (at worst the same list is seen twice and skipped).
+        subscription = self._state.subscribe()
+        self.streams.opened()
+        try:
+            sent = self._state.current().devices
+            log.info("ListAndWatch opened: sending %d devices", len(sent))
+            yield list_response(sent)
+            while context.is_active() and not self._stopping.is_set():
+                snapshot = subscription.wait(STREAM_WAKE_SECONDS)
+                if snapshot is None or snapshot.devices == sent:
+                    continue
+                sent = snapshot.devices
+                log.info("ListAndWatch update: sending %d devices", len(sent))
+                yield list_response(sent)
+        finally:
+            subscription.close()
+            self.streams.closed()
+            log.info("ListAndWatch closed")
+
+    def GetPreferredAllocation(
+        self, request: pb.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> pb.PreferredAllocationResponse:
+        snapshot = self._state.current()
+        return pb.PreferredAllocationResponse(
+            container_responses=[
+                pb.ContainerPreferredAllocationResponse(
+                    deviceIDs=snapshot.preferred(
+                        list(req.available_deviceIDs),
+                        list(req.must_include_deviceIDs),
+                        req.allocation_size,
+                    )
+                )
+                for req in request.container_requests
+            ]
+        )
+
+    def Allocate(
+        self, request: pb.AllocateRequest, context: grpc.ServicerContext
+    ) -> pb.AllocateResponse:
+        # One snapshot for the whole request: every container is answered from
+        # the same list, and any refusal refuses the whole request.
+        snapshot = self._state.current()
+        responses = []
+        for index, container in enumerate(request.container_requests):
+            try:
+                grant = snapshot.allocate(list(container.devices_ids))
+            except AllocationError as error:
+                self._metrics.allocations.labels(result=error.code).inc()
+                message = (
+                    f"container request {index}: device {error.device_id!r} "
+                    f"is {error.code}: {error}; nothing was allocated"
+                )
+                log.warning("Allocate refused: %s", message)
+                context.abort(
+                    _ERROR_CODES.get(error.code, grpc.StatusCode.INVALID_ARGUMENT), message
+                )
+                raise  # abort() raises; this keeps type checkers and readers sure of it
+            responses.append(container_response(grant))
+        self._metrics.allocations.labels(result="ok").inc()
+        return pb.AllocateResponse(container_responses=responses)
+
+    def PreStartContainer(
+        self, request: pb.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> pb.PreStartContainerResponse:
+        return pb.PreStartContainerResponse()
+
+
+def add_servicer(servicer: DevicePluginServicer, server: grpc.Server) -> None:
+    """Attach the servicer to a gRPC server (typed wrapper over the generated helper)."""
+    rpc.add_DevicePluginServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
