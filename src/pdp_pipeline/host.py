@@ -367,7 +367,21 @@ def apt_sources_current() -> bool:
         return False
 
 
+# The command each tool package provides. A host that has the command from elsewhere
+# (GitHub's runners: cosign from an action, kustomize preinstalled) has the tool.
+TOOL_COMMANDS = {
+    "kustomize": "kustomize",
+    "cosign": "cosign",
+    "skopeo": "skopeo",
+    "mmdebstrap": "mmdebstrap",
+    "arch-test": "arch-test",
+}
+
+
 def missing_packages(packages: tuple[str, ...]) -> tuple[str, ...]:
+    """Packages neither installed per dpkg nor, for tools, present as a command on PATH."""
+    on_path = {p for p in packages if p in TOOL_COMMANDS and shutil.which(TOOL_COMMANDS[p])}
+    packages = tuple(p for p in packages if p not in on_path)
     if shutil.which("dpkg-query") is None:
         return packages
     out = subprocess.run(

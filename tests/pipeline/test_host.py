@@ -377,3 +377,16 @@ def test_the_answering_engine_is_seen_as_a_running_dockerd(ready_host: HostFacts
     if not host.DOCKERD_PID_FILE.exists():
         pytest.skip("the engine here is not a local dockerd (DOCKER_HOST or a VM)")
     assert host.running_dockerd() == int(host.DOCKERD_PID_FILE.read_text())
+
+
+def test_a_tool_present_as_a_command_is_not_missing_even_without_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GitHub's runners have cosign from an action and kustomize preinstalled, not from dpkg.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    cosign = fake_bin / "cosign"
+    cosign.write_text("#!/bin/sh\n")
+    cosign.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    assert host.missing_packages(("cosign", "docker-registry")) == ("docker-registry",)
