@@ -259,7 +259,7 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "dry_run": "everything against the local registry, throwaway key, artifacts marked dry run",
         "registry": "registry to release to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin)",
-        "arch": "architectures: all (default), or a comma list; a release ships all",
+        "arch": "architectures: all (default); a dry run may take fewer (a comma list)",
         "base": "dry run only: ubi9 (default; falls back to debian here) or debian",
         "base_image": "dry run only: a mirror of the ubi9 base image",
         "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes",
@@ -360,9 +360,7 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
     ok = results is not None and results.ok
     if not fast and ok:
         build(c, arch=arch, base="debian", verify=False)
-        results = c.run(
-            shlex.join(testrun.pytest_command(testrun.ENGINE_MARK, second)), warn=True
-        )
+        results = c.run(shlex.join(testrun.pytest_command(testrun.ENGINE_MARK, second)), warn=True)
         counts = counts + testrun.counts_from_junit(second)
         ok = results is not None and results.ok
     print(counts.closing_line(), flush=True)
