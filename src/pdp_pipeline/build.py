@@ -164,7 +164,9 @@ def load_record(path: Path) -> BuildRecord:
 
 
 def wheel_command(python: str, root: Path, outdir: Path) -> list[str]:
-    return [python, "-m", "build", "--wheel", "--outdir", str(outdir), str(root)]
+    # No isolation: the build backend comes from the project's own environment, so
+    # a build needs no package index (air-gapped hosts) and spends no time on one.
+    return [python, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir), str(root)]
 
 
 def wheel_env(version: str, env: Mapping[str, str]) -> dict[str, str]:

@@ -168,6 +168,8 @@ def test_the_wheel_is_built_with_the_tags_version() -> None:
     assert env["PATH"] == "/bin"
     argv = build.wheel_command("py", ROOT, Path("/out"))
     assert argv[1:4] == ["-m", "build", "--wheel"]
+    # Built from this environment's backend: no package index needed at build time.
+    assert "--no-isolation" in argv
 
 
 def test_staging_installs_only_the_wheel_offline_without_bytecode() -> None:
