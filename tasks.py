@@ -44,10 +44,10 @@ def setup(c: Context) -> None:
     Idempotent: a ready host is only checked. Installs (Debian, root) or names
     the command for each missing piece. Logs and registry data: .cache/.
     """
-    from pdp_pipeline import host
+    from pdp_pipeline import host, host_setup
 
     try:
-        host.setup(host.HostPaths(cache=ROOT / ".cache"))
+        host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"))
     except host.HostError as error:
         raise SystemExit(f"setup: {error}") from None
 
@@ -86,7 +86,7 @@ def build(
     verification; the record is in .cache/build/last-build.json. See docs/pipeline.md.
     """
     from pdp_pipeline import build as building
-    from pdp_pipeline import platforms, summary
+    from pdp_pipeline import build_record, platforms, summary
 
     try:
         options = building.BuildOptions(
@@ -100,7 +100,7 @@ def build(
             push=push,
             verify=verify,
         )
-    except (ValueError, building.BuildError) as error:
+    except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"build: {error}") from None
     if building.is_local_registry(registry):
         setup(c)
@@ -123,14 +123,14 @@ def build(
 def verify(c: Context, arch: str = "all", record: str = "") -> None:
     """Run the testinfra suite (tests/image) against images already pushed by `build`."""
     from pdp_pipeline import build as building
-    from pdp_pipeline import summary
+    from pdp_pipeline import build_record, summary
     from pdp_pipeline import verify as verifying
 
-    path = Path(record).resolve() if record else building.record_path(ROOT)
+    path = Path(record).resolve() if record else build_record.record_path(ROOT)
     try:
-        built = building.load_record(path)
-        archs = building.archs_to_verify(built, arch)
-    except (ValueError, building.BuildError) as error:
+        built = build_record.load_record(path)
+        archs = build_record.archs_to_verify(built, arch)
+    except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"verify: {error}") from None
     if building.is_local_registry(built.registry):
         setup(c)
@@ -235,13 +235,13 @@ def manifests_validate(c: Context, kubernetes: str = "") -> None:
 )
 def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None:
     """Point both install variants at one plugin image (manifests/base/kustomization.yaml)."""
-    from pdp_pipeline import build, manifests
+    from pdp_pipeline import build_record, manifests
 
     if bool(image) == last_build:
         raise SystemExit("manifests-pin: give exactly one of --image REF or --last-build")
     try:
         ref = (
-            manifests.ref_from_build_record(build.record_path(ROOT))
+            manifests.ref_from_build_record(build_record.record_path(ROOT))
             if last_build
             else manifests.parse_image_ref(image)
         )
@@ -282,11 +282,18 @@ def release(
     out: str = "out/release",
 ) -> None:
     """Build, verify, attest, sign and tag the release of the v*.*.* tag on HEAD."""
-    from pdp_pipeline import platforms
+    from pdp_pipeline import (
+        platforms,
+        release_options,
+        release_steps,
+        release_summary,
+        release_version,
+        signing,
+    )
     from pdp_pipeline import release as releasing
 
     try:
-        options = releasing.ReleaseOptions(
+        options = release_options.ReleaseOptions(
             dry_run=dry_run,
             registry=registry,
             repository=repository,
@@ -298,19 +305,19 @@ def release(
             certificate_identity_regexp=identity or None,
             out_dir=Path(out),
         )
-        releasing.check_options(options)
-        releasing.release_version(releasing.read_git_state(ROOT))
-    except (releasing.ReleaseRefused, platforms.UnknownArchError) as refusal:
+        release_options.check_options(options)
+        release_version.release_version(release_version.read_git_state(ROOT))
+    except (release_version.ReleaseRefused, platforms.UnknownArchError) as refusal:
         raise SystemExit(f"release refused: {refusal}") from None
-    if releasing.signing.is_loopback_registry(registry):
+    if signing.is_loopback_registry(registry):
         setup(c)
     try:
-        record = releasing.run_release(options, ROOT, releasing.default_steps(options, ROOT))
-    except releasing.ReleaseRefused as refusal:
+        record = releasing.run_release(options, ROOT, release_steps.default_steps(options, ROOT))
+    except release_version.ReleaseRefused as refusal:
         raise SystemExit(f"release refused: {refusal}") from None
     except Exception as failure:  # every failure ends the same way: say what and stop
         raise SystemExit(f"release failed: {type(failure).__name__}: {failure}") from None
-    print("\n".join(releasing.summary_table(record)), flush=True)
+    print("\n".join(release_summary.summary_table(record)), flush=True)
 
 
 # --- quality tasks (lint, test) ----------------------------------------------

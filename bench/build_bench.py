@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pdp_pipeline import build, runtime, summary  # noqa: E402
+from pdp_pipeline import build, build_record, runtime, summary  # noqa: E402
 from pdp_pipeline.platforms import select  # noqa: E402
 
 TOUCHED = ROOT / "src" / "power_device_plugin" / "__init__.py"
@@ -45,7 +45,7 @@ class StepClock:
 
 def timed_build(
     name: str, options: build.BuildOptions, record_file: Path
-) -> tuple[float, build.BuildRecord]:
+) -> tuple[float, build_record.BuildRecord]:
     clock = StepClock(name)
     record = build.run_build(options, log=clock, record_file=record_file)
     seconds = time.monotonic() - clock.started

@@ -320,10 +320,10 @@ def pin_image(
 
 def ref_from_build_record(record_path: Path) -> ImageRef:
     """The index a build pushed (`.cache/build/last-build.json`), as a pin."""
-    from pdp_pipeline import build
+    from pdp_pipeline import build_record
 
     try:
-        record = build.load_record(record_path)
+        record = build_record.load_record(record_path)
     except FileNotFoundError:
         raise ManifestError(
             f"{record_path}: no build record; run `invoke build` first, or pin with --image"

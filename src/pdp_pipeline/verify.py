@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
-from pdp_pipeline.build import BuildError, BuildRecord, load_record, save_record
+from pdp_pipeline.build_record import BuildError, BuildRecord, load_record, save_record
 
 Log = Callable[[str], None]
 

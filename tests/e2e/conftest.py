@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.loopdev import LoopDevices
 from tests.e2e.node import Figure, Node, remove_leftover_containers
 
-from pdp_pipeline import build, e2e, manifests
+from pdp_pipeline import build, build_record, e2e_manifest, manifests
 from pdp_pipeline.platforms import by_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 def _record_path() -> Path:
-    return Path(os.environ.get("PDP_BUILD_RECORD", str(build.record_path(ROOT))))
+    return Path(os.environ.get("PDP_BUILD_RECORD", str(build_record.record_path(ROOT))))
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +54,9 @@ def plugin_image(docker_client: docker.DockerClient, arch: str) -> str:
     """The plugin image of the last build for `arch`, pulled by digest; built if absent."""
     path = _record_path()
     try:
-        record = build.load_record(path)
+        record = build_record.load_record(path)
         result = record.result_for(arch)
-    except build.BuildError as missing:
+    except build_record.BuildError as missing:
         print(f"e2e: {missing}; building {arch} on the debian base")
         options = build.BuildOptions(archs=(by_arch(arch),), base="debian", verify=False)
         record = build.run_build(options, root=ROOT)
@@ -77,7 +77,7 @@ def rendered() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def daemonset(rendered: list[dict[str, Any]]) -> Mapping[str, Any]:
-    return e2e.find_daemonset(rendered)
+    return e2e_manifest.find_daemonset(rendered)
 
 
 @pytest.fixture

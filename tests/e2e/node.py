@@ -6,9 +6,9 @@
 - a directory that stands in for the ConfigMap volume, laid out and updated the
   way the kubelet's atomic writer does (`..data` symlink swap),
 - the plugin container, run by the Docker engine with exactly the settings of
-  the rendered DaemonSet (`pdp_pipeline.e2e.plugin_run`),
+  the rendered DaemonSet (`pdp_pipeline.e2e_plugin_run.plugin_run`),
 - workload containers started from `Allocate` answers
-  (`pdp_pipeline.e2e.workload_run`),
+  (`pdp_pipeline.e2e_workload.workload_run`),
 and removes every container it started, whatever happens.
 """
 
@@ -33,7 +33,7 @@ import docker.errors
 from tests.e2e.loopdev import LoopDevice
 from tests.integration.kubelet_stub import Devices, KubeletStub
 
-from pdp_pipeline import e2e
+from pdp_pipeline import e2e_container, e2e_manifest, e2e_plugin_run, e2e_workload
 from power_device_plugin.api import pb
 
 SUITE_LABEL = "io.power-dev-plugin.e2e"
@@ -109,16 +109,17 @@ class ConfigMapDir:
             shutil.rmtree(self.root / old, ignore_errors=True)
 
 
-def grant_view(response: pb.ContainerAllocateResponse) -> e2e.ContainerGrantView:
+def grant_view(response: pb.ContainerAllocateResponse) -> e2e_workload.ContainerGrantView:
     """One container's Allocate answer as plain data."""
-    return e2e.ContainerGrantView(
+    return e2e_workload.ContainerGrantView(
         devices=tuple(
-            e2e.GrantedDevice(d.container_path, d.host_path, d.permissions)
+            e2e_workload.GrantedDevice(d.container_path, d.host_path, d.permissions)
             for d in response.devices
         ),
         envs=dict(response.envs),
         mounts=tuple(
-            e2e.BindMount(m.host_path, m.container_path, m.read_only) for m in response.mounts
+            e2e_container.BindMount(m.host_path, m.container_path, m.read_only)
+            for m in response.mounts
         ),
         annotations=dict(response.annotations),
     )
@@ -167,10 +168,10 @@ class Node:
         # pytest's tmp_path alone can be longer than that.
         self.plugin_dir = Path(tempfile.mkdtemp(prefix="pdp-e2e-"))
         self.config = ConfigMapDir(workdir / "configmap")
-        self.plugin_run = e2e.plugin_run(
+        self.plugin_run = e2e_plugin_run.plugin_run(
             daemonset,
             image,
-            host_paths={e2e.PLUGIN_SETTINGS["--plugin-dir"][1]: str(self.plugin_dir)},
+            host_paths={e2e_plugin_run.PLUGIN_SETTINGS["--plugin-dir"][1]: str(self.plugin_dir)},
             config_maps={config_map_name(daemonset): str(self.config.root)},
             field_values={"spec.nodeName": os.uname().nodename},
             labels={SUITE_LABEL: self.run_id},
@@ -182,16 +183,16 @@ class Node:
 
     def _check_stand_ins(self) -> None:
         """The DaemonSet's plugin dir and config must be the stand-ins, or nothing is tested."""
-        plugin_dir = e2e.plugin_setting(self.plugin_run, "--plugin-dir")
+        plugin_dir = e2e_plugin_run.plugin_setting(self.plugin_run, "--plugin-dir")
         if self.plugin_run.host_path_of(plugin_dir) != str(self.plugin_dir):
-            raise e2e.ManifestShapeError(
+            raise e2e_manifest.ManifestShapeError(
                 f"--plugin-dir {plugin_dir} is not on the device-plugins hostPath volume "
                 f"(binds: {[b.docker_spec() for b in self.plugin_run.binds]})"
             )
-        config = e2e.plugin_setting(self.plugin_run, "--config")
+        config = e2e_plugin_run.plugin_setting(self.plugin_run, "--config")
         host_config = self.plugin_run.host_path_of(config)
         if host_config is None or Path(host_config).parent != self.config.root:
-            raise e2e.ManifestShapeError(
+            raise e2e_manifest.ManifestShapeError(
                 f"--config {config} is not a key of the ConfigMap volume "
                 f"(binds: {[b.docker_spec() for b in self.plugin_run.binds]})"
             )
@@ -200,14 +201,14 @@ class Node:
 
     @property
     def config_key(self) -> str:
-        return Path(e2e.plugin_setting(self.plugin_run, "--config")).name
+        return Path(e2e_plugin_run.plugin_setting(self.plugin_run, "--config")).name
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         self.config.write({self.config_key: json.dumps(config, indent=2)})
 
     @property
     def socket_path(self) -> Path:
-        return self.plugin_dir / e2e.plugin_setting(self.plugin_run, "--socket-name")
+        return self.plugin_dir / e2e_plugin_run.plugin_setting(self.plugin_run, "--socket-name")
 
     def start(self) -> None:
         """Start the kubelet stand-in, then the plugin container as the DaemonSet runs it."""
@@ -322,7 +323,7 @@ class Node:
                     mapping[path] = device_id
         return mapping
 
-    def allocate(self, ids: Sequence[str]) -> e2e.ContainerGrantView:
+    def allocate(self, ids: Sequence[str]) -> e2e_workload.ContainerGrantView:
         response = self.kubelet.allocate(list(ids))
         return grant_view(response.container_responses[0])
 
@@ -330,7 +331,7 @@ class Node:
 
     def run_workload(
         self,
-        grant: e2e.ContainerGrantView,
+        grant: e2e_workload.ContainerGrantView,
         paths: Sequence[str],
         *,
         group_add: Sequence[str] | None = None,
@@ -339,11 +340,11 @@ class Node:
     ) -> WorkloadReport:
         """Run the least-privilege workload with the grant applied; report what it saw."""
         groups = (
-            e2e.device_groups([d.host_path for d in grant.devices], node_group)
+            e2e_workload.device_groups([d.host_path for d in grant.devices], node_group)
             if group_add is None
             else tuple(group_add)
         )
-        run = e2e.workload_run(
+        run = e2e_workload.workload_run(
             grant,
             self.image,
             user=WORKLOAD_USER,
@@ -397,7 +398,7 @@ def node_group(path: str) -> int:
 
 def config_map_name(daemonset: Mapping[str, Any]) -> str:
     """The ConfigMap the plugin container mounts (the one the suite stands in for)."""
-    container = e2e.plugin_container(daemonset)
+    container = e2e_manifest.plugin_container(daemonset)
     volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"].get("volumes") or []}
     names = [
         volumes[m["name"]]["configMap"]["name"]
@@ -405,7 +406,7 @@ def config_map_name(daemonset: Mapping[str, Any]) -> str:
         if "configMap" in volumes.get(m["name"], {})
     ]
     if len(names) != 1:
-        raise e2e.ManifestShapeError(
+        raise e2e_manifest.ManifestShapeError(
             f"the plugin container mounts {len(names)} ConfigMaps ({names}); the suite expects one"
         )
     return str(names[0])

@@ -27,7 +27,7 @@ from tests.e2e.node import (
 )
 from tests.integration.kubelet_stub import Devices, Registration
 
-from pdp_pipeline import e2e
+from pdp_pipeline import e2e_manifest, e2e_plugin_run, e2e_workload
 
 pytestmark = [
     pytest.mark.engine,
@@ -88,23 +88,25 @@ def test_the_plugin_runs_with_the_daemonset_settings_and_advertises_the_matched_
     assert not host_config["CapAdd"]
     assert host_config["NetworkMode"] == "none"
     assert host_config["PidMode"] in ("", "private")
-    limits = e2e.plugin_container(daemonset)["resources"]["limits"]
-    assert host_config["Memory"] == e2e.memory_bytes(limits["memory"])
-    assert host_config["NanoCpus"] == e2e.cpu_nanos(limits["cpu"])
+    limits = e2e_manifest.plugin_container(daemonset)["resources"]["limits"]
+    assert host_config["Memory"] == e2e_manifest.memory_bytes(limits["memory"])
+    assert host_config["NanoCpus"] == e2e_manifest.cpu_nanos(limits["cpu"])
     process = node.plugin_process_status()
     assert process["CapEff"] == "0000000000000000"
     assert process["NoNewPrivs"] == "1"
     assert process["Uid"].split()[0] == str(node.plugin_run.user).split(":")[0]
     assert registration.version == "v1beta1"
-    assert registration.resource_name == e2e.plugin_setting(node.plugin_run, "--resource")
+    assert registration.resource_name == e2e_plugin_run.plugin_setting(
+        node.plugin_run, "--resource"
+    )
     assert registration.endpoint == node.socket_path.name
     assert set(ids) == {d.path for d in devices}
     assert excluded.path not in ids
-    container = e2e.plugin_container(daemonset)
+    container = e2e_manifest.plugin_container(daemonset)
     probes = [p for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in container]
     assert "readinessProbe" in probes, "the DaemonSet must gate readiness on /readyz"
     for probe in probes:
-        path, port = e2e.http_probe_target(container, probe)
+        path, port = e2e_manifest.http_probe_target(container, probe)
         assert node.plugin_http_status(path, port) == 200, probe
 
 
@@ -130,7 +132,7 @@ def test_a_non_root_workload_reads_every_granted_device_and_never_sees_the_exclu
 def test_with_the_shipped_sample_config_one_unit_grants_every_matched_device(
     node: Node, loops: LoopDevices, rendered: list[dict[str, Any]], daemonset: Mapping[str, Any]
 ) -> None:
-    shipped = e2e.config_map_value(rendered, config_map_name(daemonset), node.config_key)
+    shipped = e2e_manifest.config_map_value(rendered, config_map_name(daemonset), node.config_key)
     sample = json.loads(shipped)
     assert sample.get("grant-mode", "all") == "all", "the sample is meant to keep IBM semantics"
     devices, excluded, _, _ = start_node(
@@ -170,7 +172,8 @@ def test_a_node_without_udev_leaves_a_granted_device_unusable_for_non_root(
     grant = node.allocate([bare_id])
     report = node.run_workload(grant, [bare.path])
 
-    assert e2e.device_groups([bare.path], node_group) == ()  # its group is root's: not added
+    # its group is root's: not added
+    assert e2e_workload.device_groups([bare.path], node_group) == ()
     assert report.devices[bare.path]["exists"] is True
     assert report.devices[bare.path]["read_error"] == "EACCES"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build, registry, verify
+from pdp_pipeline import build_record, registry, verify
 from pdp_pipeline.platforms import PLATFORMS, by_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def _option(config: pytest.Config, name: str, env: str) -> str | None:
 
 def _record_path(config: pytest.Config) -> Path:
     given = _option(config, "--build-record", verify.RECORD_ENV)
-    return Path(given) if given else build.record_path(ROOT)
+    return Path(given) if given else build_record.record_path(ROOT)
 
 
 def _selected_archs(config: pytest.Config) -> list[str]:
@@ -61,8 +61,8 @@ def _selected_archs(config: pytest.Config) -> list[str]:
     if given:
         return [by_arch(name.strip()).arch for name in given.split(",") if name.strip()]
     try:
-        return [r.platform.arch for r in build.load_record(_record_path(config)).archs]
-    except build.BuildError:
+        return [r.platform.arch for r in build_record.load_record(_record_path(config)).archs]
+    except build_record.BuildError:
         # No record: parametrize over every platform so the `record` fixture fails
         # each check loudly, instead of collecting nothing and passing.
         return [p.arch for p in PLATFORMS]
@@ -75,11 +75,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def record(request: pytest.FixtureRequest) -> build.BuildRecord:
+def record(request: pytest.FixtureRequest) -> build_record.BuildRecord:
     path = _record_path(request.config)
     try:
-        loaded = build.load_record(path)
-    except build.BuildError as error:
+        loaded = build_record.load_record(path)
+    except build_record.BuildError as error:
         pytest.fail(str(error))
     if not loaded.pushed or not loaded.index_ref:
         pytest.fail(f"{path} records a --no-push build; the suite verifies pushed images")
@@ -87,10 +87,10 @@ def record(request: pytest.FixtureRequest) -> build.BuildRecord:
 
 
 @pytest.fixture(scope="session")
-def result(record: build.BuildRecord, arch: str) -> build.ArchResult:
+def result(record: build_record.BuildRecord, arch: str) -> build_record.ArchResult:
     try:
         return record.result_for(arch)
-    except build.BuildError as error:
+    except build_record.BuildError as error:
         pytest.fail(str(error))
 
 
@@ -135,7 +135,9 @@ def fake_host(tmp_path_factory: pytest.TempPathFactory) -> FakeHost:
 
 
 @pytest.fixture(scope="session")
-def container(docker_client: Any, result: build.ArchResult, fake_host: FakeHost) -> Iterator[Any]:
+def container(
+    docker_client: Any, result: build_record.ArchResult, fake_host: FakeHost
+) -> Iterator[Any]:
     """The image, pulled by digest, running `sleep` under its platform, locked down."""
     ref = result.digest_ref()
     docker_client.images.pull(ref, platform=result.platform.platform)
@@ -166,13 +168,13 @@ def image_host(container: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def image_attrs(docker_client: Any, result: build.ArchResult) -> dict[str, Any]:
+def image_attrs(docker_client: Any, result: build_record.ArchResult) -> dict[str, Any]:
     attrs: dict[str, Any] = docker_client.images.get(result.digest_ref()).attrs
     return attrs
 
 
 @pytest.fixture(scope="session")
-def platform_digest(result: build.ArchResult) -> str:
+def platform_digest(result: build_record.ArchResult) -> str:
     """The digest of the image manifest a runtime pulls for this platform.
 
     A build with provenance pushes each architecture as a small index (image plus

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build, tags
+from pdp_pipeline import build_record, tags
 
 pytestmark = pytest.mark.engine
 
@@ -40,12 +40,14 @@ def _ok(image_host: Any, command: str) -> str:
     return str(result.stdout)
 
 
-def test_kernel_reports_the_images_machine(image_host: Any, result: build.ArchResult) -> None:
+def test_kernel_reports_the_images_machine(
+    image_host: Any, result: build_record.ArchResult
+) -> None:
     assert _ok(image_host, "uname -m").strip() == result.platform.machine
 
 
 def test_image_config_declares_its_os_and_architecture(
-    image_attrs: dict[str, Any], result: build.ArchResult
+    image_attrs: dict[str, Any], result: build_record.ArchResult
 ) -> None:
     assert (image_attrs["Os"], image_attrs["Architecture"]) == ("linux", result.platform.arch)
 
@@ -56,7 +58,7 @@ def test_python_imports_grpc_protobuf_metrics_and_the_stubs(image_host: Any) -> 
     assert any(name.endswith("_pb2") for name in found["stubs"]), found
 
 
-def test_version_is_the_builds_version(image_host: Any, record: build.BuildRecord) -> None:
+def test_version_is_the_builds_version(image_host: Any, record: build_record.BuildRecord) -> None:
     printed = _ok(image_host, "power-device-plugin --version").split()
     assert printed and printed[-1] == record.version
 
@@ -119,7 +121,7 @@ def test_no_package_manager_or_pip_cache_is_left(image_host: Any) -> None:
 
 
 def test_oci_labels_name_the_build(
-    image_attrs: dict[str, Any], record: build.BuildRecord, result: build.ArchResult
+    image_attrs: dict[str, Any], record: build_record.BuildRecord, result: build_record.ArchResult
 ) -> None:
     labels = image_attrs["Config"]["Labels"] or {}
     missing = [key for key in tags.REQUIRED_LABELS if not labels.get(key)]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build, registry
+from pdp_pipeline import build_record, registry
 
 pytestmark = pytest.mark.engine
 
@@ -15,20 +15,23 @@ def _quiet(_: str) -> None:
     """Registry calls log their retries; the suite's own assertions say enough."""
 
 
-def test_index_lists_exactly_the_built_platforms(record: build.BuildRecord) -> None:
+def test_index_lists_exactly_the_built_platforms(record: build_record.BuildRecord) -> None:
     assert record.index_ref is not None
     entries = registry.index_platforms(record.index_ref, log=_quiet)
     listed = sorted(platform for platform, _ in entries)
     assert listed == sorted(r.platform.platform for r in record.archs)
 
 
-def test_index_tag_still_points_at_the_recorded_index(record: build.BuildRecord) -> None:
+def test_index_tag_still_points_at_the_recorded_index(record: build_record.BuildRecord) -> None:
     assert record.index_ref is not None
     assert registry.manifest_digest(record.index_ref, log=_quiet) == record.index_digest
 
 
 def test_index_entry_is_the_image_that_was_verified(
-    record: build.BuildRecord, result: build.ArchResult, container: Any, platform_digest: str
+    record: build_record.BuildRecord,
+    result: build_record.ArchResult,
+    container: Any,
+    platform_digest: str,
 ) -> None:
     assert record.index_ref is not None
     index_ref = record.index_ref.rsplit(":", 1)[0] + "@" + str(record.index_digest)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import build, runtime, tags, verify
+from pdp_pipeline import build, build_context, build_record, buildx, runtime, tags, verify
 from pdp_pipeline.platforms import PLATFORMS, by_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _command(**overrides: object) -> list[str]:
         push=True,
     )
     arguments.update(overrides)
-    return build.buildx_command(**arguments)  # type: ignore[arg-type]
+    return buildx.buildx_command(**arguments)  # type: ignore[arg-type]
 
 
 def _after(argv: list[str], flag: str) -> str:
@@ -53,7 +53,7 @@ def _after(argv: list[str], flag: str) -> str:
 
 
 def test_an_unknown_base_is_refused_naming_the_flag() -> None:
-    with pytest.raises(build.BuildError, match="--base 'centos'"):
+    with pytest.raises(build_record.BuildError, match="--base 'centos'"):
         build.BuildOptions(archs=PLATFORMS, base="centos")
 
 
@@ -134,9 +134,9 @@ def test_the_runtime_is_pinned_by_its_digest() -> None:
 
 def test_the_digest_comes_from_buildx_metadata() -> None:
     metadata = {"containerimage.digest": DIGEST_A, "image.name": "x"}
-    assert build.digest_from_metadata(metadata, "x") == DIGEST_A
-    with pytest.raises(build.BuildError, match="no image digest for x"):
-        build.digest_from_metadata({"buildx.build.ref": "y"}, "x")
+    assert buildx.digest_from_metadata(metadata, "x") == DIGEST_A
+    with pytest.raises(build_record.BuildError, match="no image digest for x"):
+        buildx.digest_from_metadata({"buildx.build.ref": "y"}, "x")
 
 
 @pytest.mark.parametrize(
@@ -156,24 +156,24 @@ def test_the_digest_comes_from_buildx_metadata() -> None:
     ],
 )
 def test_only_push_failures_are_worth_a_retry(output: str, retry: bool) -> None:
-    assert build.is_push_failure(output) is retry
+    assert buildx.is_push_failure(output) is retry
 
 
 # --- the wheel and the staged context ------------------------------------------------
 
 
 def test_the_wheel_is_built_with_the_tags_version() -> None:
-    env = build.wheel_env("1.2.3.post4+gabc1234", {"PATH": "/bin"})
+    env = build_context.wheel_env("1.2.3.post4+gabc1234", {"PATH": "/bin"})
     assert env["SETUPTOOLS_SCM_PRETEND_VERSION"] == "1.2.3.post4+gabc1234"
     assert env["PATH"] == "/bin"
-    argv = build.wheel_command("py", ROOT, Path("/out"))
+    argv = build_context.wheel_command("py", ROOT, Path("/out"))
     assert argv[1:4] == ["-m", "build", "--wheel"]
     # Built from this environment's backend: no package index needed at build time.
     assert "--no-isolation" in argv
 
 
 def test_staging_installs_only_the_wheel_offline_without_bytecode() -> None:
-    argv = build.stage_command("py", Path("/w/x.whl"), Path("/ctx/site-packages"))
+    argv = build_context.stage_command("py", Path("/w/x.whl"), Path("/ctx/site-packages"))
     for flag in ("--no-deps", "--no-index", "--no-compile"):
         assert flag in argv
     assert _after(argv, "--target") == "/ctx/site-packages"
@@ -190,17 +190,19 @@ def _fake_project(tmp_path: Path) -> Path:
     (package / "__init__.py").write_text((ROOT / "src/power_device_plugin/__init__.py").read_text())
     (package / "__main__.py").write_text("print('main')\n")
     (project / "containers").mkdir()
-    (project / build.LAUNCHER).write_text((ROOT / build.LAUNCHER).read_text())
+    (project / build_context.LAUNCHER).write_text((ROOT / build_context.LAUNCHER).read_text())
     return project
 
 
 def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path: Path) -> None:
     project = _fake_project(tmp_path)
-    wheel = build.build_wheel(project, "3.4.5.post2+gfeed123", tmp_path / "wheel", log=print)
+    wheel = build_context.build_wheel(
+        project, "3.4.5.post2+gfeed123", tmp_path / "wheel", log=print
+    )
     assert wheel.name.startswith("power_device_plugin-3.4.5.post2+gfeed123-py3-none-any")
-    context = build.stage_context(project, wheel, tmp_path / "context", log=print)
+    context = build_context.stage_context(project, wheel, tmp_path / "context", log=print)
 
-    site = context / build.SITE_PACKAGES
+    site = context / build_context.SITE_PACKAGES
     assert (site / "power_device_plugin" / "__main__.py").is_file()
     metadata = (
         site / "power_device_plugin-3.4.5.post2+gfeed123.dist-info" / "METADATA"
@@ -208,7 +210,7 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
     assert "Version: 3.4.5.post2+gfeed123" in metadata
     assert not (site / "bin").exists(), "the host's console script must not ship"
     assert not list(site.rglob("__pycache__")), "no bytecode is compiled on the host"
-    launcher = context / build.LAUNCHER.name
+    launcher = context / build_context.LAUNCHER.name
     assert launcher.stat().st_mode & stat.S_IXUSR
 
     # The version the image reports is read from that dist-info.
@@ -226,8 +228,8 @@ def test_a_failed_wheel_build_names_the_step_and_shows_its_output(tmp_path: Path
     project = tmp_path / "broken"
     project.mkdir()
     (project / "pyproject.toml").write_text("this is not toml [")
-    with pytest.raises(build.BuildError, match="the plugin wheel"):
-        build.build_wheel(project, "1.0.0", tmp_path / "wheel", log=print)
+    with pytest.raises(build_record.BuildError, match="the plugin wheel"):
+        build_context.build_wheel(project, "1.0.0", tmp_path / "wheel", log=print)
 
 
 # --- the Containerfile and the launcher ------------------------------------------------
@@ -255,12 +257,12 @@ def test_the_entrypoint_is_the_launcher_and_the_default_command_serves() -> None
     assert json.loads(instructions["ENTRYPOINT"]) == ["/usr/local/bin/power-device-plugin"]
     assert json.loads(instructions["CMD"]) == ["serve"]
     copies = [args for kind, args in _instructions() if kind == "COPY"]
-    assert f"{build.SITE_PACKAGES} /opt/power-device-plugin/site-packages" in copies
+    assert f"{build_context.SITE_PACKAGES} /opt/power-device-plugin/site-packages" in copies
     assert "PYTHONPATH=/opt/power-device-plugin/site-packages" in instructions["ENV"]
 
 
 def test_the_launcher_runs_the_package_with_the_runtimes_python() -> None:
-    launcher = ROOT / build.LAUNCHER
+    launcher = ROOT / build_context.LAUNCHER
     assert launcher.stat().st_mode & stat.S_IXUSR
     assert re.search(
         r'^exec /usr/bin/python3 -m power_device_plugin "\$@"$', launcher.read_text(), re.M
@@ -270,8 +272,8 @@ def test_the_launcher_runs_the_package_with_the_runtimes_python() -> None:
 # --- the record --------------------------------------------------------------------------
 
 
-def _record() -> build.BuildRecord:
-    return build.BuildRecord(
+def _record() -> build_record.BuildRecord:
+    return build_record.BuildRecord(
         tag="v1.2.3",
         version="1.2.3",
         revision="c" * 40,
@@ -280,7 +282,7 @@ def _record() -> build.BuildRecord:
         base="debian",
         fell_back=True,
         archs=[
-            build.ArchResult(
+            build_record.ArchResult(
                 platform=p,
                 image_ref=f"127.0.0.1:5000/pdp:v1.2.3-{p.arch}",
                 digest="sha256:" + str(i) * 64,
@@ -302,8 +304,8 @@ def _record() -> build.BuildRecord:
 def test_the_record_survives_a_json_round_trip(tmp_path: Path) -> None:
     record = _record()
     path = tmp_path / "nested" / "last-build.json"
-    build.save_record(record, path)
-    assert build.load_record(path) == record
+    build_record.save_record(record, path)
+    assert build_record.load_record(path) == record
 
 
 def test_an_arch_results_digest_ref_names_the_repository_and_digest() -> None:
@@ -311,8 +313,10 @@ def test_an_arch_results_digest_ref_names_the_repository_and_digest() -> None:
 
 
 def test_a_missing_record_says_where_it_looked_and_what_to_run(tmp_path: Path) -> None:
-    with pytest.raises(build.BuildError, match=r"no build record at .*absent.json.*invoke build"):
-        build.load_record(tmp_path / "absent.json")
+    with pytest.raises(
+        build_record.BuildError, match=r"no build record at .*absent.json.*invoke build"
+    ):
+        build_record.load_record(tmp_path / "absent.json")
 
 
 def test_a_record_of_another_format_is_refused(tmp_path: Path) -> None:
@@ -320,17 +324,17 @@ def test_a_record_of_another_format_is_refused(tmp_path: Path) -> None:
     data = json.loads(_record().to_json())
     data["format"] = 99
     path.write_text(json.dumps(data))
-    with pytest.raises(build.BuildError, match="unreadable"):
-        build.load_record(path)
+    with pytest.raises(build_record.BuildError, match="unreadable"):
+        build_record.load_record(path)
 
 
 def test_verify_all_means_every_built_arch_and_a_missing_one_is_named() -> None:
     record = _record()
     record.archs = record.archs[:2]
-    assert build.archs_to_verify(record, "all") == ["amd64", "ppc64le"]
-    assert build.archs_to_verify(record, "ppc64le") == ["ppc64le"]
-    with pytest.raises(build.BuildError, match=r"no s390x image \(built: amd64, ppc64le\)"):
-        build.archs_to_verify(record, "s390x")
+    assert build_record.archs_to_verify(record, "all") == ["amd64", "ppc64le"]
+    assert build_record.archs_to_verify(record, "ppc64le") == ["ppc64le"]
+    with pytest.raises(build_record.BuildError, match=r"no s390x image \(built: amd64, ppc64le\)"):
+        build_record.archs_to_verify(record, "s390x")
 
 
 # --- verification outcome from the suite's JUnit report --------------------------------
@@ -388,7 +392,7 @@ def test_verifying_a_no_push_build_is_refused(tmp_path: Path) -> None:
     record = _record()
     record.pushed, record.index_ref, record.index_digest = False, None, None
     path = tmp_path / "r.json"
-    build.save_record(record, path)
+    build_record.save_record(record, path)
     with pytest.raises(verify.VerifyError, match="not pushed"):
         verify.verify_and_record(path, ["amd64"], log=print)
 
@@ -415,7 +419,7 @@ def test_no_push_builds_into_the_local_engine_without_an_index(tmp_path: Path) -
     assert record.index_ref is None and record.pushed is False
     assert record.archs[0].verified is None
     assert any("--no-push" in line and "no index" in line for line in lines)
-    assert build.load_record(record_file) == record
+    assert build_record.load_record(record_file) == record
     ref = "127.0.0.1:5000/pdp-test-no-push:no-push-check-amd64"
     client = docker.from_env()
     try:
@@ -467,9 +471,11 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     real_retries = build.registry.with_retries
     identity = tags.Identity("v1.0.0", "1.0.0", "d" * 40, "v1.0.0")
     monkeypatch.setattr(build.tags, "resolve_identity", lambda root, tag=None: identity)
-    monkeypatch.setattr(build, "build_wheel", lambda root, version, outdir, log: tmp_path / "w.whl")
-    monkeypatch.setattr(build, "stage_context", lambda root, wheel, context, log: context)
-    monkeypatch.setattr(build.subprocess, "run", engine.run)
+    monkeypatch.setattr(
+        build_context, "build_wheel", lambda root, version, outdir, log: tmp_path / "w.whl"
+    )
+    monkeypatch.setattr(build_context, "stage_context", lambda root, wheel, context, log: context)
+    monkeypatch.setattr(buildx.subprocess, "run", engine.run)
     monkeypatch.setattr(build.runtime, "choose_base", engine.choose_base)
     monkeypatch.setattr(
         build.runtime,
@@ -503,7 +509,7 @@ def test_a_build_pushes_each_arch_then_indexes_exactly_those_digests(
     ]
     assert (record.index_ref, record.index_digest) == ("127.0.0.1:5000/pdp:v1.0.0", DIGEST_A)
     assert [r.runtime.reused for r in record.archs] == [True, True, False]
-    assert build.load_record(tmp_path / "r.json") == record
+    assert build_record.load_record(tmp_path / "r.json") == record
 
 
 def test_a_push_the_registry_refused_is_retried(fake_engine: FakeEngine, tmp_path: Path) -> None:

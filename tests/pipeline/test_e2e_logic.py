@@ -7,23 +7,22 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline.e2e import (
-    BindMount,
-    ContainerGrantView,
-    ContainerRun,
-    GrantedDevice,
+from pdp_pipeline.e2e_container import BindMount, ContainerRun
+from pdp_pipeline.e2e_manifest import (
     ManifestShapeError,
     config_map_value,
     cpu_nanos,
-    device_groups,
-    device_option,
-    expand_kube_vars,
     find_daemonset,
     http_probe_target,
     memory_bytes,
     plugin_container,
-    plugin_run,
-    plugin_setting,
+)
+from pdp_pipeline.e2e_plugin_run import expand_kube_vars, plugin_run, plugin_setting
+from pdp_pipeline.e2e_workload import (
+    ContainerGrantView,
+    GrantedDevice,
+    device_groups,
+    device_option,
     workload_run,
 )
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import host
-from pdp_pipeline.host import HostFacts, plan_setup
+from pdp_pipeline import host, host_plan, host_setup
+from pdp_pipeline.host import HostFacts
+from pdp_pipeline.host_plan import plan_setup
 
 ALL_PACKAGES = host.TRIXIE_PACKAGES + host.BOOKWORM_PACKAGES
 
@@ -233,35 +234,35 @@ def test_trixie_pin_is_low_priority() -> None:
 
 
 def test_daemon_json_gets_the_store_and_keeps_other_settings() -> None:
-    text = host.daemon_json_with_store('{"debug": true, "features": {"buildkit": true}}')
+    text = host_setup.daemon_json_with_store('{"debug": true, "features": {"buildkit": true}}')
     assert json.loads(text) == {
         "debug": True,
         "features": {"buildkit": True, "containerd-snapshotter": True},
     }
-    assert json.loads(host.daemon_json_with_store("")) == {
+    assert json.loads(host_setup.daemon_json_with_store("")) == {
         "features": {"containerd-snapshotter": True}
     }
 
 
 def test_daemon_json_that_is_not_an_object_is_left_alone() -> None:
     with pytest.raises(host.HostError, match="not a JSON object; left unchanged"):
-        host.daemon_json_with_store("[1, 2]")
+        host_setup.daemon_json_with_store("[1, 2]")
 
 
 def test_install_command_takes_engine_from_trixie_and_keeps_bookworm_containerd() -> None:
-    command = host.install_command(("docker.io", "docker-buildx", "mmdebstrap"))
+    command = host_plan.install_command(("docker.io", "docker-buildx", "mmdebstrap"))
     assert command.split()[:4] == ["apt-get", "install", "-y", "--no-install-recommends"]
     assert "docker.io/trixie" in command.split()
     assert "docker-buildx/trixie" in command.split()
     assert "mmdebstrap" in command.split()
     assert "containerd/bookworm" in command.split()
-    assert "containerd/bookworm" not in host.install_command(("cosign",))
+    assert "containerd/bookworm" not in host_plan.install_command(("cosign",))
 
 
 def test_registry_config_listens_on_loopback_and_stores_under_the_given_path(
     tmp_path: Path,
 ) -> None:
-    text = host.registry_config_text(tmp_path / "registry")
+    text = host_setup.registry_config_text(tmp_path / "registry")
     assert "addr: 127.0.0.1:5000" in text
     assert f"rootdirectory: {tmp_path / 'registry'}" in text
 
@@ -328,7 +329,7 @@ def test_pid_file_of_another_program_is_not_a_running_dockerd(
 @pytest.fixture(scope="module")
 def ready_host() -> HostFacts:
     root = Path(__file__).resolve().parents[2]
-    return host.setup(host.HostPaths(cache=root / ".cache"), log=lambda line: None)
+    return host_setup.setup(host_setup.HostPaths(cache=root / ".cache"), log=lambda line: None)
 
 
 @pytest.mark.engine

@@ -203,10 +203,10 @@ def push_tiny_image(arch: str, ref: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_registry() -> str:
-    from pdp_pipeline import host
+    from pdp_pipeline import host_setup
 
     root = Path(__file__).resolve().parents[2]
-    host.setup(host.HostPaths(cache=root / ".cache"), log=lambda _: None)
+    host_setup.setup(host_setup.HostPaths(cache=root / ".cache"), log=lambda _: None)
     return LOCAL
 
 

@@ -7,20 +7,28 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import release, signing
-from pdp_pipeline.build import ArchResult, BuildRecord
+from pdp_pipeline import (
+    provenance,
+    release,
+    release_options,
+    release_steps,
+    release_summary,
+    release_version,
+    signing,
+)
+from pdp_pipeline.build_record import ArchResult, BuildRecord
 from pdp_pipeline.platforms import PLATFORMS
 from pdp_pipeline.runtime import RuntimeImage
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-V123 = release.ReleaseVersion(1, 2, 3)
+V123 = release_version.ReleaseVersion(1, 2, 3)
 
 
 # --- the version ------------------------------------------------------------
 
 
 def test_semver_tag_gives_version_and_its_tags() -> None:
-    version = release.parse_release_tag("v1.2.3")
+    version = release_version.parse_release_tag("v1.2.3")
 
     assert version == V123
     assert (version.tag, version.minor_tag, version.version) == ("v1.2.3", "v1.2", "1.2.3")
@@ -38,8 +46,8 @@ def test_semver_tag_gives_version_and_its_tags() -> None:
     ],
 )
 def test_non_semver_tags_are_refused_with_a_reason(tag: str, hint: str) -> None:
-    with pytest.raises(release.ReleaseRefused) as refused:
-        release.parse_release_tag(tag)
+    with pytest.raises(release_version.ReleaseRefused) as refused:
+        release_version.parse_release_tag(tag)
 
     message = str(refused.value)
     assert repr(tag) in message
@@ -48,29 +56,29 @@ def test_non_semver_tags_are_refused_with_a_reason(tag: str, hint: str) -> None:
 
 
 def test_dirty_tree_is_refused_naming_the_changes() -> None:
-    state = release.GitState(COMMIT, "v1.2.3", (" M src/a.py", "?? notes.txt"))
+    state = release_version.GitState(COMMIT, "v1.2.3", (" M src/a.py", "?? notes.txt"))
 
     with pytest.raises(
-        release.ReleaseRefused, match=r"uncommitted changes \(src/a.py, notes.txt\)"
+        release_version.ReleaseRefused, match=r"uncommitted changes \(src/a.py, notes.txt\)"
     ):
-        release.release_version(state)
+        release_version.release_version(state)
 
 
 def test_untagged_head_is_refused_naming_the_commit() -> None:
-    with pytest.raises(release.ReleaseRefused, match="HEAD \\(0123456789ab\\) has no tag"):
-        release.release_version(release.GitState(COMMIT, None, ()))
+    with pytest.raises(release_version.ReleaseRefused, match="HEAD \\(0123456789ab\\) has no tag"):
+        release_version.release_version(release_version.GitState(COMMIT, None, ()))
 
 
 def test_clean_tagged_head_is_released() -> None:
-    assert release.release_version(release.GitState(COMMIT, "v1.2.3", ())) == V123
+    assert release_version.release_version(release_version.GitState(COMMIT, "v1.2.3", ())) == V123
 
 
 def test_release_tags_are_version_minor_and_commit() -> None:
-    assert release.release_tags(V123, COMMIT, dry_run=False) == ("v1.2.3", "v1.2", COMMIT)
+    assert release_version.release_tags(V123, COMMIT, dry_run=False) == ("v1.2.3", "v1.2", COMMIT)
 
 
 def test_dry_run_marks_every_tag() -> None:
-    tags = release.release_tags(V123, COMMIT, dry_run=True)
+    tags = release_version.release_tags(V123, COMMIT, dry_run=True)
 
     assert tags == ("v1.2.3-dryrun", "v1.2-dryrun", COMMIT + "-dryrun")
 
@@ -78,17 +86,17 @@ def test_dry_run_marks_every_tag() -> None:
 def test_fix_for_an_older_patch_does_not_move_the_minor_tag() -> None:
     existing = ["v1.2.3", "v1.2.5", "v1.3.0", "v2.0.0", "junk"]
 
-    assert release.release_tags(V123, COMMIT, existing, dry_run=False) == ("v1.2.3", COMMIT)
-    newest = release.ReleaseVersion(1, 2, 5)
-    assert "v1.2" in release.release_tags(newest, COMMIT, existing, dry_run=False)
+    assert release_version.release_tags(V123, COMMIT, existing, dry_run=False) == ("v1.2.3", COMMIT)
+    newest = release_version.ReleaseVersion(1, 2, 5)
+    assert "v1.2" in release_version.release_tags(newest, COMMIT, existing, dry_run=False)
 
 
 def test_candidate_tag_is_never_a_release_tag() -> None:
     for dry_run in (False, True):
-        candidate = release.candidate_tag(COMMIT, dry_run=dry_run)
+        candidate = release_version.candidate_tag(COMMIT, dry_run=dry_run)
         assert candidate.startswith("candidate-0123456789ab")
-        assert candidate not in release.release_tags(V123, COMMIT, dry_run=dry_run)
-    assert release.candidate_tag(COMMIT, dry_run=True).endswith("-dryrun")
+        assert candidate not in release_version.release_tags(V123, COMMIT, dry_run=dry_run)
+    assert release_version.candidate_tag(COMMIT, dry_run=True).endswith("-dryrun")
 
 
 # --- the git state, from a real repository -----------------------------------
@@ -117,14 +125,14 @@ def tagged_repo(tmp_path: Path) -> Path:
 
 
 def test_git_state_reads_exact_tag_and_changes(tagged_repo: Path) -> None:
-    state = release.read_git_state(tagged_repo)
+    state = release_version.read_git_state(tagged_repo)
 
     assert state.exact_tag == "v1.2.3"
     assert state.changes == ()
     assert state.commit == _git(tagged_repo, "rev-parse", "HEAD").strip()
 
     (tagged_repo / "README.md").write_text("changed\n")
-    dirty = release.read_git_state(tagged_repo)
+    dirty = release_version.read_git_state(tagged_repo)
     assert [line[3:] for line in dirty.changes] == ["README.md"]
 
 
@@ -133,7 +141,7 @@ def test_git_state_of_a_commit_after_the_tag_has_no_exact_tag(tagged_repo: Path)
     _git(tagged_repo, "add", ".")
     _git(tagged_repo, "commit", "-q", "-m", "second")
 
-    assert release.read_git_state(tagged_repo).exact_tag is None
+    assert release_version.read_git_state(tagged_repo).exact_tag is None
 
 
 # --- options -------------------------------------------------------------------
@@ -142,44 +150,51 @@ def test_git_state_of_a_commit_after_the_tag_has_no_exact_tag(tagged_repo: Path)
 @pytest.mark.parametrize(
     ("options", "flag"),
     [
-        (release.ReleaseOptions(base="debian"), "--base 'debian'"),
-        (release.ReleaseOptions(base_image="mirror.example/ubi9:9.4"), "--base-image"),
-        (release.ReleaseOptions(archs=PLATFORMS[:1]), "--arch amd64: a release ships every"),
+        (release_options.ReleaseOptions(base="debian"), "--base 'debian'"),
+        (release_options.ReleaseOptions(base_image="mirror.example/ubi9:9.4"), "--base-image"),
+        (
+            release_options.ReleaseOptions(archs=PLATFORMS[:1]),
+            "--arch amd64: a release ships every",
+        ),
     ],
 )
 def test_release_refuses_what_only_a_dry_run_may_do(
-    options: release.ReleaseOptions, flag: str
+    options: release_options.ReleaseOptions, flag: str
 ) -> None:
-    with pytest.raises(release.ReleaseRefused, match=flag):
-        release.check_options(options)
+    with pytest.raises(release_version.ReleaseRefused, match=flag):
+        release_options.check_options(options)
 
 
 def test_dry_run_accepts_debian_a_mirror_or_fewer_architectures() -> None:
-    release.check_options(release.ReleaseOptions(dry_run=True, base="debian", archs=PLATFORMS[2:]))
-    release.check_options(release.ReleaseOptions(dry_run=True, base_image="mirror/ubi:9"))
+    release_options.check_options(
+        release_options.ReleaseOptions(dry_run=True, base="debian", archs=PLATFORMS[2:])
+    )
+    release_options.check_options(
+        release_options.ReleaseOptions(dry_run=True, base_image="mirror/ubi:9")
+    )
 
 
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (release.ReleaseOptions(), ("ubi9", False)),
-        (release.ReleaseOptions(dry_run=True), ("ubi9", True)),
-        (release.ReleaseOptions(dry_run=True, base="debian"), ("debian", False)),
-        (release.ReleaseOptions(dry_run=True, base_image="mirror/ubi:9"), ("ubi9", False)),
+        (release_options.ReleaseOptions(), ("ubi9", False)),
+        (release_options.ReleaseOptions(dry_run=True), ("ubi9", True)),
+        (release_options.ReleaseOptions(dry_run=True, base="debian"), ("debian", False)),
+        (release_options.ReleaseOptions(dry_run=True, base_image="mirror/ubi:9"), ("ubi9", False)),
     ],
 )
 def test_only_a_plain_dry_run_may_fall_back(
-    options: release.ReleaseOptions, expected: tuple[str, bool]
+    options: release_options.ReleaseOptions, expected: tuple[str, bool]
 ) -> None:
-    assert release.build_settings(options) == expected
+    assert release_options.build_settings(options) == expected
 
 
 def test_dry_run_images_are_labelled_as_such() -> None:
-    assert release.build_labels(V123, dry_run=True) == {
-        release.LABEL_RELEASE: "v1.2.3-dryrun",
-        release.LABEL_DRY_RUN: "true",
+    assert release_options.build_labels(V123, dry_run=True) == {
+        release_options.LABEL_RELEASE: "v1.2.3-dryrun",
+        release_options.LABEL_DRY_RUN: "true",
     }
-    assert release.LABEL_DRY_RUN not in release.build_labels(V123, dry_run=False)
+    assert release_options.LABEL_DRY_RUN not in release_options.build_labels(V123, dry_run=False)
 
 
 def test_release_needs_a_base_pinned_by_digest() -> None:
@@ -213,7 +228,9 @@ def _index(platform_digests: dict[str, str], attested: set[str]) -> dict[str, An
 
 def _slsa(_: str) -> dict[str, Any]:
     return {
-        "layers": [{"annotations": {"in-toto.io/predicate-type": release.SLSA_PROVENANCE_TYPES[0]}}]
+        "layers": [
+            {"annotations": {"in-toto.io/predicate-type": provenance.SLSA_PROVENANCE_TYPES[0]}}
+        ]
     }
 
 
@@ -221,8 +238,8 @@ def test_every_platform_needs_a_provenance_attestation() -> None:
     digests = {"linux/amd64": "sha256:aaaa", "linux/s390x": "sha256:ssss"}
     index = _index({"amd64": "sha256:aaaa", "s390x": "sha256:ssss"}, {"sha256:aaaa"})
 
-    assert release.attestation_manifests(index) == {"sha256:aaaa": "sha256:att-aaaa"}
-    assert release.missing_provenance(digests, index, _slsa) == ["linux/s390x"]
+    assert provenance.attestation_manifests(index) == {"sha256:aaaa": "sha256:att-aaaa"}
+    assert provenance.missing_provenance(digests, index, _slsa) == ["linux/s390x"]
 
 
 def test_an_attestation_without_slsa_provenance_does_not_count() -> None:
@@ -234,8 +251,8 @@ def test_an_attestation_without_slsa_provenance_does_not_count() -> None:
             "layers": [{"annotations": {"in-toto.io/predicate-type": "https://spdx.dev/Document"}}]
         }
 
-    assert release.missing_provenance(digests, index, sbom_only) == ["linux/amd64"]
-    assert release.missing_provenance(digests, index, _slsa) == []
+    assert provenance.missing_provenance(digests, index, sbom_only) == ["linux/amd64"]
+    assert provenance.missing_provenance(digests, index, _slsa) == []
 
 
 # --- the whole run, with the side effects replaced ---------------------------------
@@ -329,7 +346,7 @@ class FakeWorld:
         self.events.append(f"cosign {command[1]} {command[-1].rsplit('@', 1)[1][:10]}")
         return ""
 
-    def make_signer(self, options: release.ReleaseOptions, root: Path) -> signing.Signer:
+    def make_signer(self, options: release_options.ReleaseOptions, root: Path) -> signing.Signer:
         public = self.tmp / "cosign.pub"
         public.write_text("PUBLIC KEY\n")
         return signing.Signer(
@@ -355,9 +372,9 @@ class FakeWorld:
         )
 
 
-def _run(repo: Path, world: FakeWorld, **options: Any) -> release.ReleaseRecord:
+def _run(repo: Path, world: FakeWorld, **options: Any) -> release_summary.ReleaseRecord:
     return release.run_release(
-        release.ReleaseOptions(out_dir=Path("out/release"), **options),
+        release_options.ReleaseOptions(out_dir=Path("out/release"), **options),
         repo,
         world.steps(),
         log=lambda _line: None,
@@ -407,7 +424,7 @@ def test_dirty_checkout_is_refused_before_building(tagged_repo: Path) -> None:
     world = FakeWorld(tagged_repo.parent)
     (tagged_repo / "README.md").write_text("edited\n")
 
-    with pytest.raises(release.ReleaseRefused, match="uncommitted changes"):
+    with pytest.raises(release_version.ReleaseRefused, match="uncommitted changes"):
         _run(tagged_repo, world)
 
     assert world.events == []
@@ -419,7 +436,7 @@ def test_release_writes_markdown_and_json_summaries(tagged_repo: Path) -> None:
     record = _run(tagged_repo, world, dry_run=True, base="debian")
 
     out = tagged_repo / "out" / "release"
-    data = json.loads((out / release.SUMMARY_JSON).read_text())
+    data = json.loads((out / release_summary.SUMMARY_JSON).read_text())
     assert data["dry_run"] is True
     assert data["tags"] == list(record.tags) and data["tags"][0] == "v1.2.3-dryrun"
     assert data["index_ref"] == f"127.0.0.1:5000/power-dev-plugin@{world.index_digest}"
@@ -429,7 +446,7 @@ def test_release_writes_markdown_and_json_summaries(tagged_repo: Path) -> None:
         sbom = json.loads((out / f"sbom-{arch.arch}.cdx.json").read_text())
         assert sbom["metadata"]["component"]["version"] == world.platform_digests[arch.platform]
     assert "cosign.pub" in data["artifacts"] and (out / "cosign.pub").is_file()
-    markdown = (out / release.SUMMARY_MARKDOWN).read_text()
+    markdown = (out / release_summary.SUMMARY_MARKDOWN).read_text()
     assert markdown.startswith("> **DRY RUN**")
     for arch in PLATFORMS:
         assert (
@@ -440,7 +457,7 @@ def test_release_writes_markdown_and_json_summaries(tagged_repo: Path) -> None:
 def test_summary_of_a_release_has_no_dry_run_banner(tagged_repo: Path) -> None:
     record = _run(tagged_repo, FakeWorld(tagged_repo.parent))
 
-    markdown = release.render_markdown(record)
+    markdown = release_summary.render_markdown(record)
     assert "DRY RUN" not in markdown
     assert markdown.startswith("# power-device-plugin v1.2.3")
     assert "verification passed" in markdown
@@ -450,14 +467,16 @@ def test_summary_of_a_release_has_no_dry_run_banner(tagged_repo: Path) -> None:
     ("size", "text"), [(None, "unknown"), (512, "512 B"), (30_000_000, "28.6 MiB")]
 )
 def test_sizes_read_like_people_write_them(size: int | None, text: str) -> None:
-    assert release.human_size(size) == text
+    assert release_summary.human_size(size) == text
 
 
 def test_keyless_release_outside_ci_is_refused() -> None:
-    with pytest.raises(release.ReleaseRefused, match="OIDC token"):
-        release.check_signing(release.ReleaseOptions(), env={})
-    release.check_signing(release.ReleaseOptions(), env={release.OIDC_ENV: "https://x"})
-    release.check_signing(release.ReleaseOptions(dry_run=True), env={})
+    with pytest.raises(release_version.ReleaseRefused, match="OIDC token"):
+        release_steps.check_signing(release_options.ReleaseOptions(), env={})
+    release_steps.check_signing(
+        release_options.ReleaseOptions(), env={release_steps.OIDC_ENV: "https://x"}
+    )
+    release_steps.check_signing(release_options.ReleaseOptions(dry_run=True), env={})
 
 
 def test_clearing_the_output_directory_removes_only_release_artifacts(tmp_path: Path) -> None:

@@ -252,9 +252,9 @@ LOCAL = "127.0.0.1:5000"
 
 @pytest.fixture(scope="module")
 def local_registry() -> str:
-    from pdp_pipeline import host
+    from pdp_pipeline import host_setup
 
-    host.setup(host.HostPaths(cache=ROOT / ".cache"), log=lambda _: None)
+    host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"), log=lambda _: None)
     return LOCAL
 
 

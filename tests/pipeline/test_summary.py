@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from pdp_pipeline import build, runtime, summary
+from pdp_pipeline import build_record, runtime, summary
 from pdp_pipeline.platforms import PLATFORMS
 
 DIGESTS = ["sha256:" + c * 64 for c in "012"]
 
 
-def _record(verified: list[bool | None], fell_back: bool = False) -> build.BuildRecord:
-    return build.BuildRecord(
+def _record(verified: list[bool | None], fell_back: bool = False) -> build_record.BuildRecord:
+    return build_record.BuildRecord(
         tag="v1.2.3-1-gabc1234",
         version="1.2.3.post1+gabc1234",
         revision="abcdef0123456789" + "0" * 24,
@@ -21,7 +21,7 @@ def _record(verified: list[bool | None], fell_back: bool = False) -> build.Build
         fell_back=fell_back,
         requested_base="ubi9" if fell_back else "debian",
         archs=[
-            build.ArchResult(
+            build_record.ArchResult(
                 platform=p,
                 image_ref=f"127.0.0.1:5000/pdp:v1.2.3-1-gabc1234-{p.arch}",
                 digest=DIGESTS[i],

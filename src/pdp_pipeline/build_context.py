@@ -1,0 +1,98 @@
+"""The build context of the plugin image: the wheel, built once, unpacked on the host.
+
+The plugin is pure Python, so its wheel is built once on the build platform with
+the tag's version and unpacked (`pip install --no-deps --target`) next to the
+launcher; every architecture's image then only copies this context.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+from pdp_pipeline.build_record import BuildError, last_lines
+
+Log = Callable[[str], None]
+
+LAUNCHER = Path("containers") / "power-device-plugin"
+# Where the image expects the unpacked plugin (ENV PYTHONPATH in the Containerfile).
+SITE_PACKAGES = "site-packages"
+
+
+def wheel_command(python: str, root: Path, outdir: Path) -> list[str]:
+    # No isolation: the build backend comes from the project's own environment, so
+    # a build needs no package index (air-gapped hosts) and spends no time on one.
+    return [python, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir), str(root)]
+
+
+def wheel_env(version: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment that makes setuptools-scm use our version, not its own guess."""
+    return {
+        **env,
+        "SETUPTOOLS_SCM_PRETEND_VERSION": version,
+        "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_POWER_DEVICE_PLUGIN": version,
+    }
+
+
+def stage_command(python: str, wheel: Path, site_packages: Path) -> list[str]:
+    """Unpack the wheel for the image: no dependencies, no index, no bytecode."""
+    return [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--no-index",
+        "--no-compile",
+        "--target",
+        str(site_packages),
+        str(wheel),
+    ]
+
+
+def build_wheel(root: Path, version: str, outdir: Path, log: Log = print) -> Path:
+    """Build the plugin wheel once, with `version` as its version."""
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    outdir.mkdir(parents=True)
+    argv = wheel_command(sys.executable, root, outdir)
+    _run_step(argv, "the plugin wheel", env=wheel_env(version, os.environ), log=log)
+    wheels = sorted(outdir.glob("*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(f"expected one wheel in {outdir} after `{' '.join(argv)}`, found {wheels}")
+    return wheels[0]
+
+
+def stage_context(root: Path, wheel: Path, context: Path, log: Log = print) -> Path:
+    """The build context of containers/Containerfile: site-packages/ and the launcher."""
+    if context.exists():
+        shutil.rmtree(context)
+    context.mkdir(parents=True)
+    site_packages = context / SITE_PACKAGES
+    _run_step(stage_command(sys.executable, wheel, site_packages), "staging the wheel", log=log)
+    # The console script pip writes points at this host's Python; the image has its own launcher.
+    shutil.rmtree(site_packages / "bin", ignore_errors=True)
+    launcher = context / LAUNCHER.name
+    shutil.copyfile(root / LAUNCHER, launcher)
+    launcher.chmod(0o755)
+    return context
+
+
+def _run_step(
+    argv: list[str], what: str, *, env: Mapping[str, str] | None = None, log: Log = print
+) -> None:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env=dict(env) if env else None
+    )
+    if result.returncode != 0:
+        raise BuildError(
+            f"{what}: `{' '.join(argv)}` exited with {result.returncode}; last lines:\n"
+            + last_lines(result.stdout + result.stderr)
+        )

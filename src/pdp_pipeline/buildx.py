@@ -1,0 +1,109 @@
+"""The `docker buildx build` of one architecture's plugin image, and what its output says.
+
+The command line (platform, runtime pinned by digest, labels, push or load,
+provenance), the digest buildx reports in its metadata file, and whether a
+failure was the push (worth a retry, reported as a RegistryError) or the build.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pdp_pipeline import registry
+from pdp_pipeline.build_record import BuildError, last_lines
+from pdp_pipeline.platforms import Platform
+
+
+def buildx_command(
+    *,
+    platform: Platform,
+    containerfile: Path,
+    context: Path,
+    runtime_ref: str,
+    labels: Mapping[str, str],
+    image_ref: str,
+    metadata_file: Path,
+    push: bool,
+    builder: str | None = None,
+    provenance: str | None = None,
+) -> list[str]:
+    """The `docker buildx build` of one architecture's plugin image."""
+    argv = [
+        "docker",
+        "buildx",
+        "build",
+        "--platform",
+        platform.platform,
+        # buildx 0.13 only looks for a file named Dockerfile by itself.
+        "-f",
+        str(containerfile),
+        "--build-arg",
+        f"RUNTIME_IMAGE={runtime_ref}",
+    ]
+    for key in sorted(labels):
+        argv += ["--label", f"{key}={labels[key]}"]
+    argv += ["-t", image_ref, "--push" if push else "--load"]
+    argv += ["--metadata-file", str(metadata_file)]
+    if builder:
+        argv += ["--builder", builder]
+    # buildx's default (min provenance) would turn every per-arch push into an index.
+    argv.append(f"--provenance={provenance}" if provenance else "--provenance=false")
+    argv += ["--progress", "plain", str(context)]
+    return argv
+
+
+def digest_from_metadata(metadata: Mapping[str, Any], image_ref: str) -> str:
+    """The digest buildx reports for what it pushed or loaded."""
+    digest = metadata.get("containerimage.digest")
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise BuildError(
+            f"buildx wrote no image digest for {image_ref} (metadata keys: {sorted(metadata)})"
+        )
+    return digest
+
+
+# Words buildx prints when the build succeeded and sending it to the registry did not.
+_PUSH_FAILURE_MARKERS = (
+    "failed to push",
+    "failed commit on ref",
+    "failed to do request",
+    "unexpected status",
+    "500 internal server error",
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "eof",
+)
+
+
+def is_push_failure(output: str) -> bool:
+    """True when buildx output says the push failed (worth a retry), not the build."""
+    lowered = output.lower()
+    tail = lowered[lowered.rfind("error:") :] if "error:" in lowered else lowered[-2000:]
+    return "push" in lowered and any(marker in tail for marker in _PUSH_FAILURE_MARKERS)
+
+
+def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform, registry_addr: str) -> None:
+    """Run one build; a failed push is a RegistryError (worth a retry), the rest a BuildError."""
+    result = subprocess.run(
+        list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+    )
+    if result.returncode == 0:
+        return
+    output = result.stdout + result.stderr
+    if is_push_failure(output):
+        answer = last_lines(output, 8)
+        raise registry.RegistryError(
+            f"push of {image_ref} ({platform.arch}) to {registry_addr} failed; the registry"
+            f" answered:\n{answer}",
+            image=image_ref,
+            arch=platform.arch,
+            answer=answer,
+        )
+    raise BuildError(
+        f"buildx build of {image_ref} ({platform.arch}) failed (exit {result.returncode});"
+        f" last lines:\n{last_lines(output)}"
+    )

@@ -1,0 +1,244 @@
+"""Bring the host up: `setup()` repeats probe → plan → act until nothing is left to do.
+
+`act()` runs the steps of a `host_plan.HostPlan`: apt sources and packages,
+daemon.json, the engine, the buildx link, binfmt_misc and the registry. The
+daemons it starts get their own session, log and pid file under `HostPaths`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pdp_pipeline.host import (
+    BINFMT_DIR,
+    BUILDX_PLUGIN,
+    DAEMON_JSON,
+    DEBIAN_SOURCES,
+    DOCKERD_FLAGS,
+    DOCKERD_PID_FILE,
+    REGISTRY_ADDR,
+    TRIXIE_PIN,
+    TRIXIE_PIN_TEXT,
+    TRIXIE_SOURCES,
+    USER_PLUGIN_DIR,
+    HostError,
+    HostFacts,
+    engine_info,
+    probe,
+    registry_answers,
+    running_dockerd,
+    trixie_sources_text,
+)
+from pdp_pipeline.host_plan import HostPlan, Step, install_command, plan_setup
+
+Log = Callable[[str], None]
+
+
+# --- the files setup writes (pure) -------------------------------------------
+
+
+def daemon_json_with_store(current: str) -> str:
+    """daemon.json text with the containerd snapshotter on, other settings kept."""
+    config = json.loads(current) if current.strip() else {}
+    if not isinstance(config, dict):
+        raise HostError(f"{DAEMON_JSON} is not a JSON object; left unchanged")
+    features = config.setdefault("features", {})
+    features["containerd-snapshotter"] = True
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def registry_config_text(storage: Path) -> str:
+    """A distribution 2.x config: loopback only, data under the repo's cache."""
+    return (
+        "version: 0.1\n"
+        "log:\n  level: info\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {storage}\n"
+        "  delete:\n    enabled: true\n"
+        "  cache:\n    blobdescriptor: inmemory\n"
+        f"http:\n  addr: {REGISTRY_ADDR}\n"
+    )
+
+
+# --- act ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where setup keeps its logs, pid files, the registry config and the registry data."""
+
+    cache: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.cache / "host"
+
+    @property
+    def registry_data(self) -> Path:
+        return self.cache / "registry"
+
+
+def act(plan: HostPlan, paths: HostPaths, log: Log = print) -> None:
+    actions: dict[str, Callable[[Step, HostPaths, Log], None]] = {
+        "apt-sources": _write_apt_sources,
+        "apt-install": _apt_install,
+        "daemon-json": _write_daemon_json,
+        "start-dockerd": _start_dockerd,
+        "link-buildx": _link_buildx,
+        "mount-binfmt": _mount_binfmt,
+        "enable-binfmt": _enable_binfmt,
+        "start-registry": _start_registry,
+    }
+    for step in plan.steps:
+        log(f"setup: {step.action}: {step.why}")
+        actions[step.action](step, paths, log)
+
+
+def setup(paths: HostPaths, log: Log = print, rounds: int = 3) -> HostFacts:
+    """Bring the host up; return the final facts. Raises HostError naming what is missing."""
+    plan = HostPlan((), ())
+    for _ in range(rounds):
+        facts = probe()
+        plan = plan_setup(facts)
+        if not plan.steps:
+            break
+        act(plan, paths, log)
+    else:
+        facts = probe()
+        plan = plan_setup(facts)
+    if plan.steps or plan.missing:
+        raise HostError(
+            "this host cannot build yet:\n"
+            + "".join(f"  - still to do: {s.action} ({s.why})\n" for s in plan.steps)
+            + "".join(f"  - missing {m.piece}; fix: {m.fix}\n" for m in plan.missing)
+        )
+    log(
+        "setup: ready: engine with buildx and the containerd store, QEMU for "
+        + (", ".join(facts.emulated_machines) or "nothing (native only)")
+        + f", registry on {REGISTRY_ADDR}"
+    )
+    return facts
+
+
+def _run(argv: list[str], log: Log, env: dict[str, str] | None = None) -> None:
+    log("  $ " + " ".join(argv))
+    result = subprocess.run(argv, env=env, check=False)
+    if result.returncode != 0:
+        raise HostError(f"`{' '.join(argv)}` exited with {result.returncode}; setup stopped there")
+
+
+def _write_apt_sources(step: Step, paths: HostPaths, log: Log) -> None:
+    TRIXIE_SOURCES.write_text(trixie_sources_text(DEBIAN_SOURCES.read_text()))
+    TRIXIE_PIN.write_text(TRIXIE_PIN_TEXT)
+    log(f"  wrote {TRIXIE_SOURCES} and {TRIXIE_PIN}")
+
+
+def _apt_install(step: Step, paths: HostPaths, log: Log) -> None:
+    packages = step.args
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], log, env)
+    _run([*install_command(packages).split(), "-q"], log, env)
+
+
+def _write_daemon_json(step: Step, paths: HostPaths, log: Log) -> None:
+    current = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else ""
+    DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
+    DAEMON_JSON.write_text(daemon_json_with_store(current))
+    log(f"  wrote {DAEMON_JSON}")
+
+
+def _start_background(
+    name: str, argv: list[str], paths: HostPaths, log: Log
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session so it outlives the shell that ran setup."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log_path = paths.logs / f"{name}.log"
+    log(f"  $ {' '.join(argv)}  (log: {log_path})")
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd="/",
+        )
+    (paths.logs / f"{name}.pid").write_text(f"{process.pid}\n")
+    return process
+
+
+def _wait_until(
+    name: str,
+    ready: Callable[[], bool],
+    process: subprocess.Popen[bytes],
+    paths: HostPaths,
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    log_path = paths.logs / f"{name}.log"
+    tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-20:])
+    state = (
+        f"exited with {process.returncode}"
+        if process.poll() is not None
+        else (f"still running (pid {process.pid}) but not answering after {timeout:.0f} s")
+    )
+    raise HostError(f"{name} {state}; last lines of {log_path}:\n{tail}")
+
+
+def _start_dockerd(step: Step, paths: HostPaths, log: Log) -> None:
+    existing = running_dockerd()
+    if existing is not None:
+        # Still starting (or stuck): a second dockerd would only fail on the pid file.
+        log(f"  a dockerd is already running (pid {existing}); waiting for it to answer")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and running_dockerd() == existing:
+            if engine_info() is not None:
+                log("  engine answers")
+                return
+            time.sleep(0.5)
+        raise HostError(
+            f"dockerd (pid {existing}, from {DOCKERD_PID_FILE}) does not answer after 60 s;"
+            f" left running. Look at its log, or stop it (kill {existing}) and run setup again"
+        )
+    process = _start_background("dockerd", ["dockerd", *DOCKERD_FLAGS], paths, log)
+    _wait_until("dockerd", lambda: engine_info() is not None, process, paths, timeout=60)
+    log("  engine answers")
+
+
+def _link_buildx(step: Step, paths: HostPaths, log: Log) -> None:
+    USER_PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+    link = USER_PLUGIN_DIR / "docker-buildx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(BUILDX_PLUGIN)
+    log(f"  linked {link} -> {BUILDX_PLUGIN}")
+
+
+def _mount_binfmt(step: Step, paths: HostPaths, log: Log) -> None:
+    _run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)], log)
+
+
+def _enable_binfmt(step: Step, paths: HostPaths, log: Log) -> None:
+    _run(["update-binfmts", "--enable"], log)
+
+
+def _start_registry(step: Step, paths: HostPaths, log: Log) -> None:
+    paths.registry_data.mkdir(parents=True, exist_ok=True)
+    config = paths.logs / "registry.yml"
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    config.write_text(registry_config_text(paths.registry_data.resolve()))
+    process = _start_background("registry", ["docker-registry", "serve", str(config)], paths, log)
+    _wait_until("registry", registry_answers, process, paths, timeout=30)
+    log(f"  registry answers on http://{REGISTRY_ADDR}/v2/ (data: {paths.registry_data})")

@@ -1,0 +1,129 @@
+"""The real side effects of a release, wired into `release.Steps`.
+
+buildx and the registry build and push, cosign signs (a throwaway key for a dry
+run, a given key, or keyless in CI), and kustomize renders the install YAML
+from manifests pinned to the release image.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pdp_pipeline import registry, sbom, signing
+from pdp_pipeline.release import Log, Steps
+from pdp_pipeline.release_options import ReleaseOptions
+from pdp_pipeline.release_version import ReleaseRefused
+
+PROVENANCE = "mode=max"
+DRY_RUN_KEY_DIR = Path(".cache") / "release" / "cosign-dryrun"
+DRY_RUN_MANIFESTS_DIR = Path(".cache") / "release" / "manifests-dryrun"
+# Set by GitHub Actions when the job may request an OIDC token (`id-token: write`).
+OIDC_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
+
+
+def check_signing(options: ReleaseOptions, env: Mapping[str, str]) -> None:
+    """Refuse, before building, a release that could not be signed."""
+    if shutil.which("cosign") is None:
+        raise ReleaseRefused(
+            "cosign is not installed (`invoke setup` installs it from Debian trixie; in GitHub "
+            "Actions use sigstore/cosign-installer). Nothing was built."
+        )
+    if options.key is not None and not options.key.is_file():
+        raise ReleaseRefused(f"--key {options.key}: no such key file. Nothing was built.")
+    if not options.dry_run and options.key is None and OIDC_ENV not in env:
+        raise ReleaseRefused(
+            "keyless signing needs an OIDC token, which only a CI job with `id-token: write` "
+            "has; outside CI pass --key cosign.key (COSIGN_PASSWORD in the environment). "
+            "Nothing was built."
+        )
+
+
+def make_signer(options: ReleaseOptions, root: Path) -> signing.Signer:
+    """Throwaway key for a dry run, the given key, or keyless in CI (checked first)."""
+    import os
+
+    check_signing(options, os.environ)
+    insecure = signing.is_loopback_registry(options.registry)
+    if options.key is not None:
+        public = options.key.with_suffix(".pub")
+        return signing.Signer(
+            key=options.key,
+            public_key=public if public.is_file() else None,
+            # A dry run stays offline even with a real key.
+            transparency_log=not options.dry_run,
+            insecure_registry=insecure,
+        )
+    if options.dry_run:
+        return signing.throwaway_signer(root / DRY_RUN_KEY_DIR, insecure_registry=insecure)
+    return signing.Signer(
+        certificate_identity_regexp=options.certificate_identity_regexp,
+        insecure_registry=insecure,
+    )
+
+
+def pin_and_render(root: Path, pinned: str, out_dir: Path, dry_run: bool) -> list[Path]:
+    """Pin the manifests to the release image and render the install YAML of each variant.
+
+    A release pins `manifests/` in place (the commit that records it is the
+    maintainers' call); a dry run pins a copy, so the checkout stays untouched.
+    """
+    from pdp_pipeline import manifests
+
+    tree = root
+    if dry_run:
+        tree = root / DRY_RUN_MANIFESTS_DIR
+        if tree.exists():
+            shutil.rmtree(tree)
+        shutil.copytree(root / "manifests", tree / "manifests")
+    manifests.pin_image(tree / manifests.IMAGE_PIN_DIR, manifests.parse_image_ref(pinned))
+    written = []
+    for variant in ("openshift", "kubernetes"):
+        path = out_dir / f"install-{variant}.yaml"
+        path.write_text(manifests.render_text(tree / manifests.VARIANTS[variant]), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Steps:
+    """The steps wired to buildx, the registry, the engine, cosign and kustomize."""
+    import os
+
+    from pdp_pipeline import build, build_record
+
+    throwaway = options.dry_run and options.key is None
+
+    def run_build(**settings: Any) -> build_record.BuildRecord:
+        build_options = build.BuildOptions(
+            archs=options.archs,
+            registry=options.registry,
+            repository=options.repository,
+            base_image=options.base_image,
+            builder=options.builder,
+            push=True,
+            verify=True,
+            provenance=PROVENANCE,
+            **settings,
+        )
+        return build.run_build(build_options, log=log, root=root)
+
+    def cosign(command: Sequence[str], *, what: str) -> str:
+        log(f"release: {what}")
+        env = signing.cosign_environment(os.environ, throwaway=throwaway)
+        return signing.run_cosign(command, what=what, env=env)
+
+    def create_index(target: str, sources: Sequence[str], log: Log = log) -> str:
+        return registry.create_index(target, sources, log=log)
+
+    return Steps(
+        build=run_build,
+        index_platforms=lambda ref: registry.index_platforms(ref, log=log),
+        raw_manifest=lambda ref: registry.raw_manifest(ref, log=log),
+        create_index=create_index,
+        collect_inventory=sbom.collect_inventory,
+        cosign=cosign,
+        make_signer=make_signer,
+        pin_and_render=lambda pinned, out, dry: pin_and_render(root, pinned, out, dry),
+    )
