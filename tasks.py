@@ -348,8 +348,12 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
     Sets the host up (engine, QEMU, registry) and builds the images the engine
     tests run against, so it works on a fresh machine with nothing prepared.
     """
-    from pdp_pipeline import testrun
+    from pdp_pipeline import platforms, testrun
 
+    try:
+        platforms.select(arch)
+    except platforms.UnknownArchError as error:
+        raise SystemExit(f"test: {error}") from None
     reports = ROOT / ".cache" / "test-reports"
     reports.mkdir(parents=True, exist_ok=True)
     first = reports / "no-engine.xml"
@@ -367,7 +371,13 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
     ok = results is not None and results.ok
     if not fast and ok:
         build(c, arch=arch, base="debian", verify=False)
-        results = c.run(shlex.join(testrun.pytest_command(testrun.ENGINE_MARK, second)), warn=True)
+        # The node suite runs the plugin image of every architecture just built.
+        e2e_archs = ",".join(p.arch for p in platforms.select(arch))
+        results = c.run(
+            shlex.join(testrun.pytest_command(testrun.ENGINE_MARK, second)),
+            env={"PDP_E2E_ARCHS": e2e_archs},
+            warn=True,
+        )
         counts = counts + testrun.counts_from_junit(second)
         ok = results is not None and results.ok
     print(counts.closing_line(), flush=True)
