@@ -63,6 +63,14 @@ class Candidate:
     kind: str = ""  # KIND_BLOCK | KIND_CHAR for device nodes, "" otherwise
     aliases: tuple[str, ...] = ()  # other host names: /dev/mapper/<name>, link target
     source: str = ""  # SOURCE_SYSFS | SOURCE_INCLUDE | SOURCE_NX_GZIP
+    # The node's device number (major, minor); one unit per rdev, whichever names reach it.
+    rdev: tuple[int, int] | None = None
+    # The device's own identity where sysfs has one ("dm-uuid:<uuid>", "wwid:<wwid>"),
+    # so a minor number reused for another LUN gets a new ID; "" when there is none.
+    identity: str = ""
+    # Why a present device is not fit for use ("device/state is offline", "size is 0",
+    # "dm/suspended is 1", "no live multipath path"); "" when it is healthy.
+    problem: str = ""
 
 
 @dataclass(frozen=True)
