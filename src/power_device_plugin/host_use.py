@@ -1,0 +1,519 @@
+"""What the host itself uses, so it is never granted to a pod, whatever the config says.
+
+Two guards, both pure apart from reading the roots they are given:
+
+**Host use** (:func:`read_host_use`), by device number ``(major, minor)``:
+
+- Every mount in the host's mount table counts (``/``, ``/boot``, ``/var``,
+  ``/sysroot``, kubelet's and the container runtime's directories, anything):
+  field 3 of ``<proc-root>/1/mountinfo`` is the mounted file system's device.
+  Majors 0 are anonymous devices (proc, tmpfs, overlay, ...) and are skipped; for
+  those the mount source is still looked up when it names a ``/dev`` block device
+  known to sysfs (btrfs mounts carry an anonymous ``0:N`` but their source is the
+  device).
+- Every active swap area in ``<proc-root>/swaps``: a partition path
+  (``/dev/sda2``, ``/dev/dm-3``, ``/dev/mapper/x``) is mapped to its device number
+  through sysfs; a swap file lives on a mounted file system, already counted.
+- The whole stack carrying one of those is the host's too, by transitive closure
+  over sysfs relations (``<sys-root>/block``): a partition's disk, a disk's
+  partitions (a disk carrying a host file system is wholly the host's), the
+  devices a dm/md device is built on (``slaves/``) and those built on top of it
+  (``holders/``: LVM, multipath, dm-crypt), recursively, cycles ignored.
+  Each derived entry says why ("disk of sda1 (mounted at /boot)").
+
+The host's ``/proc`` is mounted read-only into the plugin's container (e.g. at
+``/host/proc``); ``<proc-root>/1/mountinfo`` is then the host init's mount table
+(``self/mountinfo``, the plugin's own namespace, is the fallback). Reading
+mountinfo and swaps needs no privilege.
+
+Fail closed: when the mount table or the swap table cannot be read, or an active
+swap partition cannot be mapped to a device number, :attr:`HostUse.error` is set
+and every block device must be refused with that text as the reason. A scan
+never raises for a file vanishing or holding odd content.
+
+Limits (what this guard does not see):
+
+- btrfs and ZFS report anonymous ``0:N`` devices in mountinfo; a btrfs mount is
+  caught through its source device (one member of a multi-device file system;
+  its other members only through sysfs relations, which btrfs does not create),
+  a ZFS pool's disks not at all.
+- Devices the host uses without mounting or swapping: raw devices opened by a
+  host process (databases, iSCSI/NVMe-oF targets, Ceph OSDs), inactive LVM
+  physical volumes, loop devices' backing files beyond their mounted file system.
+- Pass-through nodes reaching a host disk by another name (``/dev/sg*``,
+  ``/dev/bsg/*``, NVMe controller nodes ``/dev/nvme0``, ``/dev/ng*``) are not
+  mapped to the disk they reach.
+
+**Built-in deny list** (:func:`denied_reason`, :func:`denied_char_device`): host
+device nodes that no config can grant, because they reach kernel memory,
+hardware registers, the host's consoles, virtualisation, firmware or kernel
+control interfaces. See :data:`DENY_LIST`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DeviceNumber = tuple[int, int]  # (major, minor)
+
+DENY_LIST_RULE = "built-in deny list"
+_MAPPER_PREFIX = "/dev/mapper/"
+_DEV_PREFIX = "/dev/"
+
+
+@dataclass(frozen=True)
+class HostUse:
+    """What the host itself uses, by device number, with the reason for each."""
+
+    # rdev -> reason: "mounted at /sysroot", "active swap (/dev/sda2)",
+    # "holder of sda1 (mounted at /)", ...
+    in_use: Mapping[DeviceNumber, str] = field(default_factory=dict)
+    # Non-empty when the host's mount table or swaps could not be read (or an active
+    # swap partition could not be identified): then EVERY block device must be
+    # refused, with this text as the reason.
+    error: str = ""
+
+    def reason_for(self, rdev: DeviceNumber | None) -> str | None:
+        """The in-use reason, or the error when the table is unreadable (fail closed), else None."""
+        if self.error:
+            return self.error
+        if rdev is None:
+            return None
+        return self.in_use.get(rdev)
+
+
+# --- reading files without ever raising ------------------------------------------------
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _list_dir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _read_table(path: str) -> tuple[str | None, str]:
+    """(content, "") or (None, "<path>: <strerror>")."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(), ""
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    except ValueError as exc:  # e.g. an embedded NUL in a fake path
+        return None, f"{path}: {exc}"
+
+
+def parse_device_number(text: str) -> DeviceNumber | None:
+    """``"8:1"`` (a sysfs ``dev`` file or mountinfo field 3) -> ``(8, 1)``; None when malformed."""
+    major, sep, minor = text.strip().partition(":")
+    if not sep or not major.isdigit() or not minor.isdigit():
+        return None
+    return int(major), int(minor)
+
+
+def unescape_octal(text: str) -> str:
+    r"""Undo the kernel's octal escapes in mount points and swap paths (``\040`` is a space)."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        chunk = text[i + 1 : i + 4]
+        if text[i] == "\\" and len(chunk) == 3 and all(c in "01234567" for c in chunk):
+            out.append(chr(int(chunk, 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+# --- the host's mount table and swaps -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mountinfo line, as far as the guard needs it."""
+
+    rdev: DeviceNumber
+    mount_point: str
+    source: str  # the mount source after the " - fstype " separator ("/dev/sda1", "tmpfs")
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The mounts in a mountinfo text; malformed lines are skipped."""
+    mounts: list[Mount] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        rdev = parse_device_number(fields[2])
+        if rdev is None:
+            continue
+        source = ""
+        if "-" in fields[6:]:
+            after = fields[fields.index("-", 6) + 1 :]
+            if len(after) >= 2:
+                source = unescape_octal(after[1])
+        mounts.append(Mount(rdev, unescape_octal(fields[4]), source))
+    return mounts
+
+
+@dataclass(frozen=True)
+class Swap:
+    path: str
+    is_partition: bool
+
+
+def parse_swaps(text: str) -> list[Swap]:
+    """The active swap areas in a /proc/swaps text (header and malformed lines skipped)."""
+    swaps: list[Swap] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] == "Filename":
+            continue
+        swaps.append(Swap(unescape_octal(fields[0]), fields[1] == "partition"))
+    return swaps
+
+
+# --- sysfs: names, numbers and relations ----------------------------------------------
+
+# Relation words, read as "<neighbour> is the <relation> <marked device>".
+_PARTITION_OF = "partition of"
+_DISK_OF = "disk of"
+_HOLDER_OF = "holder of"
+_UNDER = "under"
+
+
+@dataclass(frozen=True)
+class BlockGraph:
+    """Block devices in sysfs by kernel name (``!`` for ``/``), and how they relate."""
+
+    rdev_of: Mapping[str, DeviceNumber]
+    name_of: Mapping[DeviceNumber, str]
+    mapper_names: Mapping[str, str]  # /dev/mapper name -> kernel name (dm-N)
+    # name -> [(relation, neighbour)]: marking name marks neighbour, whose reason is
+    # "<relation> <name> (...)", e.g. sda -> ("partition of", sda1).
+    edges: Mapping[str, tuple[tuple[str, str], ...]]
+
+
+def read_block_graph(sys_root: Path) -> BlockGraph:
+    """Disks, partitions and dm/md devices under ``<sys-root>/block`` with their relations.
+
+    ``slaves/`` and ``holders/`` entries are symlinks in sysfs; only their names are used.
+    ``<sys-root>/dev/block`` is not needed.
+    """
+    block_dir = os.path.join(str(sys_root), "block")
+    rdev_of: dict[str, DeviceNumber] = {}
+    mapper_names: dict[str, str] = {}
+    edges: dict[str, list[tuple[str, str]]] = {}
+
+    def link(name: str, relation: str, neighbour: str) -> None:
+        edges.setdefault(name, []).append((relation, neighbour))
+
+    def read_device(name: str, entry: str) -> None:
+        rdev = parse_device_number(_read_text(os.path.join(entry, "dev")) or "")
+        if rdev is not None:
+            rdev_of[name] = rdev
+        for slave in _list_dir(os.path.join(entry, "slaves")):
+            link(name, _UNDER, slave)  # name is built on slave
+            link(slave, _HOLDER_OF, name)
+        for holder in _list_dir(os.path.join(entry, "holders")):
+            link(name, _HOLDER_OF, holder)  # holder is built on name
+            link(holder, _UNDER, name)
+
+    for disk in _list_dir(block_dir):
+        entry = os.path.join(block_dir, disk)
+        read_device(disk, entry)
+        children = _list_dir(entry)
+        if "dm" in children:
+            dm_name = (_read_text(os.path.join(entry, "dm", "name")) or "").strip()
+            if dm_name:
+                mapper_names[dm_name] = disk
+        for child in children:
+            part_entry = os.path.join(entry, child)
+            if os.path.isfile(os.path.join(part_entry, "partition")):
+                read_device(child, part_entry)
+                link(disk, _PARTITION_OF, child)
+                link(child, _DISK_OF, disk)
+    name_of = {rdev: name for name, rdev in sorted(rdev_of.items(), reverse=True)}
+    frozen = {name: tuple(pairs) for name, pairs in edges.items()}
+    return BlockGraph(rdev_of, name_of, mapper_names, frozen)
+
+
+def kernel_name_for_path(graph: BlockGraph, host_path: str) -> str | None:
+    """``/dev/sda2`` -> ``sda2``, ``/dev/cciss/c0d0`` -> ``cciss!c0d0``,
+    ``/dev/mapper/x`` -> ``dm-N`` by ``dm/name``; None when sysfs does not know it."""
+    path = posixpath.normpath(host_path)
+    if path.startswith(_MAPPER_PREFIX):
+        return graph.mapper_names.get(path[len(_MAPPER_PREFIX) :])
+    if not path.startswith(_DEV_PREFIX):
+        return None
+    name = path[len(_DEV_PREFIX) :].replace("/", "!")
+    return name if name in graph.rdev_of else None
+
+
+# --- putting it together ---------------------------------------------------------------
+
+
+def _seed_reasons(
+    mounts: list[Mount], swaps: list[Swap], graph: BlockGraph
+) -> tuple[dict[DeviceNumber, str], str]:
+    """Directly used devices with their reasons, and an error for an unidentified swap."""
+    mount_points: dict[DeviceNumber, str] = {}
+
+    def note(rdev: DeviceNumber, mount_point: str) -> None:
+        known = mount_points.get(rdev)
+        # The shortest mount point names the use best ("/" rather than "/var/lib/docker").
+        if known is None or len(mount_point) < len(known):
+            mount_points[rdev] = mount_point
+
+    for mount in mounts:
+        if mount.rdev[0] != 0:
+            note(mount.rdev, mount.mount_point)
+        elif mount.source.startswith(_DEV_PREFIX):
+            # Anonymous device (btrfs): the source names the block device carrying it.
+            name = kernel_name_for_path(graph, mount.source)
+            if name is not None:
+                note(graph.rdev_of[name], mount.mount_point)
+    seeds = {rdev: f"mounted at {point}" for rdev, point in mount_points.items()}
+    unmapped: list[str] = []
+    for swap in swaps:
+        if not swap.is_partition:
+            continue  # a swap file: its file system is mounted, so already counted
+        name = kernel_name_for_path(graph, swap.path)
+        if name is None:
+            unmapped.append(swap.path)
+            continue
+        seeds.setdefault(graph.rdev_of[name], f"active swap ({swap.path})")
+    error = ""
+    if unmapped:
+        error = (
+            "active swap partition not found in sysfs: "
+            + ", ".join(unmapped)
+            + " (cannot tell which device the host swaps to)"
+        )
+    return seeds, error
+
+
+def close_over_relations(
+    seeds: Mapping[DeviceNumber, str], graph: BlockGraph
+) -> dict[DeviceNumber, str]:
+    """Seeds plus every device related to one through sysfs, breadth first (the shortest
+    chain explains); each derived reason names its neighbour and the original use:
+    "disk of sda1 (mounted at /boot)", then "partition of sda (sda1 mounted at /boot)"."""
+    in_use: dict[DeviceNumber, str] = dict(seeds)
+    # (kernel name, the seed it was reached from, the seed's reason)
+    queue: deque[tuple[str, str, str]] = deque()
+    for rdev, reason in sorted(seeds.items()):
+        name = graph.name_of.get(rdev)
+        if name is not None:
+            queue.append((name, name, reason))
+    seen = {name for name, _, _ in queue}
+    while queue:
+        name, seed, seed_reason = queue.popleft()
+        origin = seed_reason if name == seed else f"{_shown(seed)} {seed_reason}"
+        for relation, neighbour in graph.edges.get(name, ()):
+            if neighbour in seen:
+                continue  # also what ends cycles
+            seen.add(neighbour)
+            neighbour_rdev = graph.rdev_of.get(neighbour)
+            if neighbour_rdev is not None:
+                in_use.setdefault(neighbour_rdev, f"{relation} {_shown(name)} ({origin})")
+            queue.append((neighbour, seed, seed_reason))
+    return in_use
+
+
+def _shown(kernel_name: str) -> str:
+    """Kernel names as the host's /dev shows them (cciss!c0d0 -> cciss/c0d0)."""
+    return kernel_name.replace("!", "/")
+
+
+def read_host_use(proc_root: Path, sys_root: Path) -> HostUse:
+    """Read ``<proc-root>/1/mountinfo`` (falling back to ``<proc-root>/self/mountinfo``)
+    and ``<proc-root>/swaps``, then follow the sysfs chains under ``<sys-root>``.
+
+    Never raises for filesystem races or odd content: an unreadable mount table or swap
+    table gives ``HostUse(error=...)`` (fail closed).
+    """
+    proc = str(proc_root)
+    problems: list[str] = []
+    mountinfo: str | None = None
+    mountinfo_path = ""
+    for pid in ("1", "self"):
+        mountinfo_path = os.path.join(proc, pid, "mountinfo")
+        text, problem = _read_table(mountinfo_path)
+        if text is not None:
+            mountinfo = text
+            break
+        problems.append(problem)
+    if mountinfo is None:
+        return HostUse({}, "host mount table unreadable: " + "; ".join(problems))
+    mounts = parse_mountinfo(mountinfo)
+    if not mounts:
+        # Every Linux host mounts at least its root: an empty table is not the host's.
+        return HostUse({}, f"host mount table has no mounts: {mountinfo_path}")
+    graph = read_block_graph(sys_root)
+    swaps_text, swaps_problem = _read_table(os.path.join(proc, "swaps"))
+    swaps = parse_swaps(swaps_text) if swaps_text is not None else []
+    seeds, swap_error = _seed_reasons(mounts, swaps, graph)
+    in_use = close_over_relations(seeds, graph)
+    if swaps_text is None:
+        return HostUse(in_use, "host swap table unreadable: " + swaps_problem)
+    return HostUse(in_use, swap_error)
+
+
+# --- the built-in deny list ---------------------------------------------------------------
+
+# Host paths (glob, ``*`` never crosses ``/``) that no config can grant, with why.
+DENY_LIST: tuple[tuple[str, str], ...] = (
+    # Kernel and physical memory, I/O ports, the kernel log.
+    ("/dev/mem", "physical memory"),
+    ("/dev/kmem", "kernel memory"),
+    ("/dev/port", "I/O ports"),
+    ("/dev/kmsg", "kernel log"),
+    ("/dev/snapshot", "hibernation image (kernel memory)"),
+    ("/dev/mcelog", "machine check log"),
+    ("/dev/cpu/*/msr", "CPU model-specific registers"),
+    ("/dev/cpu/*/cpuid", "CPU identification registers"),
+    ("/dev/cpu/microcode", "CPU microcode loader"),
+    ("/dev/cpu_dma_latency", "host-wide power management QoS"),
+    ("/dev/nvram", "firmware NVRAM"),
+    ("/dev/hpet", "host timer hardware"),
+    ("/dev/rtc*", "host clock (rtc, rtc0, ...)"),
+    ("/dev/watchdog*", "host watchdog, can reboot the node"),
+    ("/dev/hwrng", "host hardware RNG"),
+    ("/dev/tpm*", "host TPM (node identity; tpm0 and tpmrm0)"),
+    ("/dev/ipmi*", "baseboard management controller"),
+    ("/dev/papr-*", "Power firmware (RTAS) interface"),
+    ("/dev/vmcp", "z/VM CP commands (hypervisor)"),
+    ("/dev/hmcdrv", "IBM Z HMC drive"),
+    # Kernel control interfaces for devices and file systems.
+    ("/dev/mapper/control", "device-mapper control (all dm devices)"),
+    ("/dev/loop-control", "loop device control"),
+    ("/dev/btrfs-control", "btrfs control"),
+    ("/dev/ublk-control", "ublk control"),
+    ("/dev/zfs", "ZFS control"),
+    ("/dev/fuse", "FUSE (user file systems)"),
+    ("/dev/autofs", "automount control"),
+    ("/dev/userfaultfd", "userfaultfd"),
+    ("/dev/uinput", "input injection"),
+    ("/dev/input/uinput", "input injection"),
+    ("/dev/uhid", "input injection"),
+    ("/dev/rfkill", "host radios"),
+    # Virtualisation and networking.
+    ("/dev/kvm", "KVM"),
+    ("/dev/vhost-*", "vhost (host kernel data path)"),
+    ("/dev/vfio/*", "VFIO (device DMA pass-through)"),
+    ("/dev/net/tun", "TUN/TAP (host networking)"),
+    ("/dev/ppp", "PPP (host networking)"),
+    # Consoles and terminals: keystroke injection, the host's login sessions.
+    ("/dev/console", "host console"),
+    ("/dev/tty*", "terminal (/dev/tty, virtual consoles, serial lines)"),
+    ("/dev/ptmx", "pseudo-terminal master"),
+    ("/dev/pts/*", "pseudo-terminal"),
+    ("/dev/hvc*", "hypervisor console"),
+    ("/dev/hvsi*", "hypervisor console"),
+    ("/dev/sclp*", "IBM Z SCLP console"),
+    ("/dev/3270/*", "IBM Z 3270 console"),
+    ("/dev/vcs*", "virtual console memory"),
+    # What every container runtime provides itself.
+    ("/dev/null", "provided by the container runtime"),
+    ("/dev/zero", "provided by the container runtime"),
+    ("/dev/full", "provided by the container runtime"),
+    ("/dev/random", "provided by the container runtime"),
+    ("/dev/urandom", "provided by the container runtime"),
+)
+
+
+def _glob_match(pattern: str, host_path: str) -> bool:
+    """Glob on host paths where ``*`` never crosses ``/`` (as discovery matches config)."""
+    pattern_parts = pattern.split("/")
+    path_parts = host_path.split("/")
+    if len(pattern_parts) != len(path_parts):
+        return False
+    return all(fnmatch.fnmatchcase(p, g) for g, p in zip(pattern_parts, path_parts))
+
+
+def denied_reason(host_path: str) -> str | None:
+    """``"built-in deny list: /dev/mem (physical memory)"`` for a denied host path, else None.
+
+    The path is normalised first (``/dev//mem``, ``/dev/./mem``). Callers check every
+    name of a device: its host path, its aliases and the target of its symlinks
+    (:func:`first_denied_reason`).
+    """
+    path = posixpath.normpath(host_path)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    for pattern, why in DENY_LIST:
+        if _glob_match(pattern, path):
+            return f"{DENY_LIST_RULE}: {path} ({why})"
+    return None
+
+
+def first_denied_reason(host_paths: Iterable[str]) -> str | None:
+    """The deny reason of the first denied name among a device's names, else None."""
+    for host_path in host_paths:
+        reason = denied_reason(host_path)
+        if reason is not None:
+            return reason
+    return None
+
+
+# Character device numbers fixed by the kernel (Documentation/admin-guide/devices.txt),
+# so a node made under another name is still caught.
+_DENIED_CHAR_MAJORS: Mapping[int, str] = {
+    1: "memory devices (mem, kmem, port, null, zero, random, kmsg, ...)",
+    4: "terminal",
+    5: "terminal or console",
+    7: "virtual console memory",
+    **{major: "pseudo-terminal" for major in range(136, 144)},
+    202: "CPU model-specific registers",
+    203: "CPU identification registers",
+}
+_DENIED_MISC_MINORS: Mapping[int, str] = {
+    130: "watchdog",
+    135: "host clock",
+    144: "firmware NVRAM",
+    183: "host hardware RNG",
+    196: "VFIO",
+    200: "TUN/TAP",
+    223: "input injection (uinput)",
+    227: "machine check log",
+    228: "host timer hardware",
+    229: "FUSE",
+    231: "hibernation image",
+    232: "KVM",
+    234: "btrfs control",
+    235: "automount control",
+    236: "device-mapper control",
+    237: "loop device control",
+    238: "vhost-net",
+    241: "vhost-vsock",
+}
+_MISC_MAJOR = 10
+
+
+def denied_char_device(rdev: DeviceNumber) -> str | None:
+    """The deny reason for a character device by number, whatever its name, else None."""
+    major, minor = rdev
+    why = _DENIED_CHAR_MAJORS.get(major)
+    if why is None and major == _MISC_MAJOR:
+        why = _DENIED_MISC_MINORS.get(minor)
+    if why is None:
+        return None
+    return f"{DENY_LIST_RULE}: character device {major}:{minor} ({why})"
