@@ -56,11 +56,9 @@ advertised, and it takes a unit back when the pod ends; nothing here counts
 from __future__ import annotations
 
 import hashlib
-import heapq
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -190,6 +188,8 @@ class DeviceSnapshot:
     _unit_source: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
     # Unit ID -> why it is Unhealthy ("" when it is Healthy).
     _unit_problem: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Healthy unit ID -> its source (what preferred() may pick from).
+    _healthy_unit_source: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
     # all mode answers every request with the same grant: built once per snapshot.
     _whole_set_grant: ContainerGrant = field(
         default_factory=lambda: ContainerGrant(devices=()), repr=False, compare=False
@@ -239,39 +239,53 @@ class DeviceSnapshot:
         only when ``available`` has no more. They are spread over distinct devices:
         the device with the fewest units already picked (``must_include`` counts)
         wins, then the one with the most free units (the least used), then
-        snapshot order. O((n + size) log n) for n available IDs.
+        snapshot order. O(n log n) for n available IDs.
         """
-        available_set = set(available)
+        remaining = dict.fromkeys(available)  # deduplicated, in the kubelet's order
         chosen: list[str] = []
-        seen: set[str] = set()
         for device_id in must_include:
-            if device_id in available_set and device_id not in seen:
-                seen.add(device_id)
+            if device_id in remaining:
+                del remaining[device_id]
                 chosen.append(device_id)
-        free_by_device: dict[int, deque[str]] = {}
-        for device_id in available:
-            if device_id in seen or self._unit_problem.get(device_id) != "":
-                continue
-            seen.add(device_id)
-            free_by_device.setdefault(self._unit_source[device_id], deque()).append(device_id)
+        free_by_device: dict[int, list[str]] = {}
+        source_of = self._healthy_unit_source
+        for device_id in remaining:
+            source = source_of.get(device_id)
+            if source is not None:
+                free = free_by_device.get(source)
+                if free is None:
+                    free_by_device[source] = [device_id]
+                else:
+                    free.append(device_id)
         picked_per_device: dict[int, int] = {}
         for device_id in chosen:
             source = self._unit_source.get(device_id)
             if source is not None:
                 picked_per_device[source] = picked_per_device.get(source, 0) + 1
-        # Keys change only for the device just picked from, so a heap keyed as the
-        # order above gives the same picks as a full min() each round.
-        heap = [
-            (picked_per_device.get(source, 0), -len(free), source)
-            for source, free in free_by_device.items()
-        ]
-        heapq.heapify(heap)
-        while len(chosen) < size and heap:
-            picked, negative_free, source = heapq.heappop(heap)
+        needed = size - len(chosen)
+        if needed <= 0 or not free_by_device:
+            return chosen
+        # Each unit is one int ordered as the rule above: picks so far, then free
+        # units (fewer sort later), then snapshot order (+1: all mode's source is -1).
+        # Taking a device's next unit adds one pick and one free unit less, i.e. a
+        # fixed step, so a device's units form an increasing run; the greedy picks
+        # are then the smallest keys of all runs (a k-way merge), found by one sort.
+        sources = len(self.records) + 2
+        free_span = len(remaining) + 1
+        step = sources * (free_span + 1)
+        keys: list[int] = []
+        for source, free in free_by_device.items():
+            picked = picked_per_device.get(source, 0)
+            first = (picked * free_span + free_span - len(free)) * sources + source + 1
+            keys.extend(range(first, first + len(free) * step, step))
+        keys.sort()
+        for key in keys[:needed]:
+            source = key % sources - 1
             free = free_by_device[source]
-            chosen.append(free.popleft())
-            if free:
-                heapq.heappush(heap, (picked + 1, negative_free + 1, source))
+            # The middle digit is free_span - (free units left); the units taken before
+            # this one are len(free) - (free units left).
+            left = free_span - (key // sources) % free_span
+            chosen.append(free[len(free) - left])
         return chosen
 
 
@@ -369,6 +383,9 @@ def build_snapshot(records: Sequence[DeviceRecord], config: PluginConfig) -> Dev
         capped=capped,
         _unit_source=unit_source,
         _unit_problem=unit_problem,
+        _healthy_unit_source={
+            u: unit_source[u] for u, problem in unit_problem.items() if not problem
+        },
         _whole_set_grant=_grant(healthy, config.permissions),
     )
 
