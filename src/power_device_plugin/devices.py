@@ -2,12 +2,36 @@
 
 A :class:`DeviceSnapshot` is immutable and answers ``Allocate`` and
 ``GetPreferredAllocation`` from memory. :class:`DeviceState` holds the current
-snapshot, remembers devices that vanished (they stay listed ``Unhealthy`` while
-the config still selects them) and pushes changes to subscribers.
+snapshot, remembers devices that vanished and pushes changes to subscribers.
 
-IDs. A device's ID is derived from its host path (``/dev/dm-0`` ->
-``dm-0-<8 hex of sha256>``), so it survives rescans, restarts and a
-disappear/return. What the kubelet sees are *units*:
+IDs. A device's ID is ``<readable>-<8 hex of sha256>``. The readable part comes
+from the host path (``/dev/dm-0`` -> ``dm-0``, at most
+``MAX_READABLE_ID_CHARS`` characters). The hash comes from the device's sysfs
+identity (``dm-uuid:<uuid>``, ``wwid:<wwid>``) when it has one, else from the
+host path. So:
+
+- a minor number reused for another LUN (the same ``/dev/dm-3``, another
+  ``dm/uuid``) is a new ID: a pod granted the old LUN never gets the new one
+  under the old ID;
+- an ID never survives a rename: the readable part follows the host path, so a
+  device reached under a new name is a new ID even with the same identity (the
+  identity only tells apart devices behind the same name);
+- without an identity, the ID is today's (hash of the host path), so it
+  survives rescans, restarts and a disappear/return.
+
+Health. A device is ``Unhealthy`` when discovery found a problem with it
+(``device/state is offline``, ``size is 0``, ...) or when it vanished; the reason
+is kept on its record (:attr:`DeviceRecord.problem`) and named by ``Allocate``
+errors.
+
+Vanished devices. A device missing from a scan stays listed ``Unhealthy`` (while
+the config still selects it) for ``VANISHED_RECORD_TTL_SECONDS`` (300 s), so a
+device that blinks out during a path failover keeps its ID and its pods see it
+return; after that it is dropped, so a node whose devices come and go does not
+accumulate records forever. Expiry is applied by the next ``update`` at or after
+the deadline (:meth:`DeviceState.next_expiry` says when that is).
+
+Units: what the kubelet sees.
 
 - ``grant-mode: per-device``: each unit is one device. ``upper-limit`` is the
   number of units per device (how many containers may share one device at
@@ -15,8 +39,14 @@ disappear/return. What the kubelet sees are *units*:
 - ``grant-mode: all`` (IBM semantics, the default): each unit grants every
   healthy selected device. ``upper-limit`` is the number of units (how many
   containers may hold the device set at once); the default is one unit per
-  selected device, which is the capacity IBM's plugin advertised. Unit IDs are
-  ``set-<k>``.
+  *healthy* device. With no healthy device there are no units at all (fail
+  closed: there is nothing to grant). Unit IDs are ``set-<k>``.
+
+Bounds. No snapshot has more than ``MAX_UNITS`` units, whatever it is given:
+per-device mode lowers the units per device to fit (and advertises nothing if
+even one unit per device does not fit), all mode lowers the number of units;
+:attr:`DeviceSnapshot.capped` says why. :func:`capacity_problem` lets the config
+watcher refuse such a config up front and keep the last good one.
 
 Sharing limits hold because the kubelet can never hand out more units than are
 advertised, and it takes a unit back when the pod ends; nothing here counts
@@ -28,8 +58,9 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from .config import GRANT_ALL, PluginConfig
@@ -40,6 +71,24 @@ UNHEALTHY = "Unhealthy"
 
 ALL_MODE_UNIT_PREFIX = "set-"
 REPLICA_SEPARATOR = "-r"
+
+# The problem of a device that is no longer found by scans.
+VANISHED = "vanished"
+# How long a vanished device stays listed (Unhealthy) before it is dropped.
+VANISHED_RECORD_TTL_SECONDS = 300.0
+
+# The readable part of an ID is cut here, so every ID has a bounded length
+# (the hash keeps cut IDs apart). /dev/disk/by-id names (~60 characters) fit.
+MAX_READABLE_ID_CHARS = 64
+
+# At most this many units in one snapshot. Every unit is one Device entry in
+# every ListAndWatch message, which the kubelet must take in one gRPC message
+# (4 MiB by default). The longest unit ID is 64 readable + "-" + 8 hex + "-r" +
+# 4 digits = 79 characters; its entry is 1+1+79 (ID) + 1+1+9 ("Unhealthy") = 92
+# bytes inside 1+1 bytes of field tag and length = 94 bytes. 10 000 x 94 bytes
+# = 940 000 bytes, under 1 MiB (a typical entry, "dm-12-1a2b3c4d-r0" Healthy,
+# is ~30 bytes: ~300 KB). tests/unit/test_devices.py serialises the worst case.
+MAX_UNITS = 10_000
 
 
 @dataclass(frozen=True)
@@ -86,20 +135,31 @@ class DeviceRecord:
 
     device_id: str
     host_path: str
-    health: str
     kind: str = ""
     aliases: tuple[str, ...] = ()
     source: str = ""
     rule: str = ""
+    rdev: tuple[int, int] | None = None
+    identity: str = ""
+    # Why the device is Unhealthy: discovery's problem, or VANISHED; "" when healthy.
+    problem: str = ""
+    # Clock reading of the first update that missed the device; None while present.
+    vanished_at: float | None = None
+
+    @property
+    def health(self) -> str:
+        return UNHEALTHY if self.problem else HEALTHY
 
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9.]+")
 
 
-def device_id_for(host_path: str) -> str:
-    """Stable ID of a device: readable from its host path, unique by a hash of it."""
+def device_id_for(host_path: str, identity: str = "") -> str:
+    """Stable ID of a device: readable from its host path, unique by a hash of its
+    identity (or of the host path when it has none). See the module docstring."""
     readable = _UNSAFE_ID_CHARS.sub("-", host_path.removeprefix("/dev/")).strip("-")
-    digest = hashlib.sha256(host_path.encode("utf-8")).hexdigest()[:8]
+    readable = readable[:MAX_READABLE_ID_CHARS].rstrip("-")
+    digest = hashlib.sha256((identity or host_path).encode("utf-8")).hexdigest()[:8]
     return f"{readable or 'dev'}-{digest}"
 
 
@@ -123,8 +183,13 @@ class DeviceSnapshot:
     records: tuple[DeviceRecord, ...] = ()
     grant_mode: str = GRANT_ALL
     permissions: str = "rw"
+    # Why fewer units are advertised than the config asks for ("" when not capped).
+    capped: str = ""
     _unit_source: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
-    _unit_health: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Unit ID -> why it is Unhealthy ("" when it is Healthy).
+    _unit_problem: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Healthy unit ID -> its source (what preferred() may pick from).
+    _healthy_unit_source: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
     # all mode answers every request with the same grant: built once per snapshot.
     _whole_set_grant: ContainerGrant = field(
         default_factory=lambda: ContainerGrant(devices=()), repr=False, compare=False
@@ -139,18 +204,16 @@ class DeviceSnapshot:
 
     def _check(self, ids: Sequence[str]) -> None:
         for device_id in ids:
-            health = self._unit_health.get(device_id)
-            if health is None:
+            problem = self._unit_problem.get(device_id)
+            if problem is None:
                 raise AllocationError(
                     device_id,
                     "unknown",
                     f"device ID {device_id!r} is not advertised by this plugin",
                 )
-            if health != HEALTHY:
+            if problem:
                 raise AllocationError(
-                    device_id,
-                    "unhealthy",
-                    f"device ID {device_id!r} is Unhealthy (its device node is gone)",
+                    device_id, "unhealthy", f"device ID {device_id!r} is Unhealthy: {problem}"
                 )
 
     def allocate(self, ids: Sequence[str]) -> ContainerGrant:
@@ -168,36 +231,61 @@ class DeviceSnapshot:
     def preferred(
         self, available: Sequence[str], must_include: Sequence[str], size: int
     ) -> list[str]:
-        """Pick ``size`` IDs: ``must_include`` first, then spread over distinct devices.
+        """The IDs to grant, as GetPreferredAllocation answers them.
 
-        Among devices, the one with the fewest units already picked wins, then the
-        one with the most free units (the least used), then snapshot order.
+        Only IDs from ``available``, no duplicates: first every ``must_include`` ID
+        that is in ``available`` (all of them, even beyond ``size``: the kubelet
+        requires them), then healthy advertised units up to ``size`` in all, fewer
+        only when ``available`` has no more. They are spread over distinct devices:
+        the device with the fewest units already picked (``must_include`` counts)
+        wins, then the one with the most free units (the least used), then
+        snapshot order. O(n log n) for n available IDs.
         """
+        remaining = dict.fromkeys(available)  # deduplicated, in the kubelet's order
         chosen: list[str] = []
         for device_id in must_include:
-            if device_id not in chosen:
+            if device_id in remaining:
+                del remaining[device_id]
                 chosen.append(device_id)
         free_by_device: dict[int, list[str]] = {}
-        seen = set(chosen)
-        for device_id in available:
-            if device_id in seen or self._unit_health.get(device_id) != HEALTHY:
-                continue
-            seen.add(device_id)
-            free_by_device.setdefault(self._unit_source[device_id], []).append(device_id)
+        source_of = self._healthy_unit_source
+        for device_id in remaining:
+            source = source_of.get(device_id)
+            if source is not None:
+                free = free_by_device.get(source)
+                if free is None:
+                    free_by_device[source] = [device_id]
+                else:
+                    free.append(device_id)
         picked_per_device: dict[int, int] = {}
         for device_id in chosen:
             source = self._unit_source.get(device_id)
             if source is not None:
                 picked_per_device[source] = picked_per_device.get(source, 0) + 1
-        while len(chosen) < size and free_by_device:
-            best = min(
-                free_by_device,
-                key=lambda d: (picked_per_device.get(d, 0), -len(free_by_device[d]), d),
-            )
-            chosen.append(free_by_device[best].pop(0))
-            picked_per_device[best] = picked_per_device.get(best, 0) + 1
-            if not free_by_device[best]:
-                del free_by_device[best]
+        needed = size - len(chosen)
+        if needed <= 0 or not free_by_device:
+            return chosen
+        # Each unit is one int ordered as the rule above: picks so far, then free
+        # units (fewer sort later), then snapshot order (+1: all mode's source is -1).
+        # Taking a device's next unit adds one pick and one free unit less, i.e. a
+        # fixed step, so a device's units form an increasing run; the greedy picks
+        # are then the smallest keys of all runs (a k-way merge), found by one sort.
+        sources = len(self.records) + 2
+        free_span = len(remaining) + 1
+        step = sources * (free_span + 1)
+        keys: list[int] = []
+        for source, free in free_by_device.items():
+            picked = picked_per_device.get(source, 0)
+            first = (picked * free_span + free_span - len(free)) * sources + source + 1
+            keys.extend(range(first, first + len(free) * step, step))
+        keys.sort()
+        for key in keys[:needed]:
+            source = key % sources - 1
+            free = free_by_device[source]
+            # The middle digit is free_span - (free units left); the units taken before
+            # this one are len(free) - (free units left).
+            left = free_span - (key // sources) % free_span
+            chosen.append(free[len(free) - left])
         return chosen
 
 
@@ -206,67 +294,148 @@ def units_per_device(config: PluginConfig) -> int:
     return config.upper_limit or 1
 
 
-def set_units(config: PluginConfig, device_count: int) -> int:
-    """all mode: how many containers may hold the device set at once."""
-    if device_count == 0:
+def set_units(config: PluginConfig, healthy_count: int) -> int:
+    """all mode: how many containers may hold the device set at once (none when no
+    device is healthy: there is nothing to grant)."""
+    if healthy_count == 0:
         return 0
-    return config.upper_limit or device_count
+    return config.upper_limit or healthy_count
+
+
+# Capacity messages multiply with the multiplication sign, as people write it.
+_TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def capacity_problem(config: PluginConfig, device_count: int) -> str | None:
+    """Why the config would advertise more than MAX_UNITS units for ``device_count``
+    selected devices (naming the field to change), or None when it fits."""
+    if config.grant_mode == GRANT_ALL:
+        units = set_units(config, device_count)
+        if units <= MAX_UNITS:
+            return None
+        if config.upper_limit:
+            return f"upper-limit: {units} units, over the cap of {MAX_UNITS}"
+        return (
+            f"upper-limit: unset (1 unit per healthy device) {_TIMES} "
+            f"{_plural(device_count, 'device')} = {units} units, over the cap of {MAX_UNITS}"
+        )
+    per_device = units_per_device(config)
+    units = per_device * device_count
+    if units <= MAX_UNITS:
+        return None
+    limit = (
+        f"{_plural(per_device, 'unit')} per device"
+        if config.upper_limit
+        else "unset (1 unit per device)"
+    )
+    return (
+        f"upper-limit: {limit} {_TIMES} {_plural(device_count, 'device')} = {units} units, "
+        f"over the cap of {MAX_UNITS}"
+    )
 
 
 def build_snapshot(records: Sequence[DeviceRecord], config: PluginConfig) -> DeviceSnapshot:
-    """Units for the records under the config's grant mode and upper-limit (pure)."""
+    """Units for the records under the config's grant mode and upper-limit (pure).
+
+    Never more than MAX_UNITS units; when the config asks for more, the snapshot
+    has fewer and ``capped`` says why.
+    """
     devices: list[AdvertisedDevice] = []
     unit_source: dict[str, int] = {}
+    unit_problem: dict[str, str] = {}
+    healthy = [r for r in records if not r.problem]
+    capped = ""
     if config.grant_mode == GRANT_ALL:
-        any_healthy = any(r.health == HEALTHY for r in records)
-        health = HEALTHY if any_healthy else UNHEALTHY
-        for k in range(set_units(config, len(records))):
+        units = set_units(config, len(healthy))
+        problem = capacity_problem(config, len(healthy))
+        if problem is not None:
+            units = MAX_UNITS
+            capped = f"{problem}; advertising {MAX_UNITS} units"
+        for k in range(units):
             unit_id = f"{ALL_MODE_UNIT_PREFIX}{k}"
-            devices.append(AdvertisedDevice(unit_id, health))
+            devices.append(AdvertisedDevice(unit_id, HEALTHY))
             unit_source[unit_id] = _WHOLE_SET
+            unit_problem[unit_id] = ""
     else:
+        per_device = units_per_device(config)
+        problem = capacity_problem(config, len(records))
+        if problem is not None:
+            per_device = MAX_UNITS // len(records)
+            if per_device:
+                capped = f"{problem}; advertising {_plural(per_device, 'unit')} per device"
+            else:
+                capped = f"{problem}; advertising no units"
         for index, record in enumerate(records):
-            for k in range(units_per_device(config)):
+            for k in range(per_device):
                 unit_id = f"{record.device_id}{REPLICA_SEPARATOR}{k}"
                 devices.append(AdvertisedDevice(unit_id, record.health))
                 unit_source[unit_id] = index
+                unit_problem[unit_id] = record.problem
     return DeviceSnapshot(
         devices=tuple(devices),
         records=tuple(records),
         grant_mode=config.grant_mode,
         permissions=config.permissions,
+        capped=capped,
         _unit_source=unit_source,
-        _unit_health={d.id: d.health for d in devices},
-        _whole_set_grant=_grant([r for r in records if r.health == HEALTHY], config.permissions),
+        _unit_problem=unit_problem,
+        _healthy_unit_source={
+            u: unit_source[u] for u, problem in unit_problem.items() if not problem
+        },
+        _whole_set_grant=_grant(healthy, config.permissions),
     )
 
 
-def _record(candidate: Candidate, health: str) -> DeviceRecord:
+def _record(candidate: Candidate) -> DeviceRecord:
     return DeviceRecord(
-        device_id=device_id_for(candidate.host_path),
+        device_id=device_id_for(candidate.host_path, candidate.identity),
         host_path=candidate.host_path,
-        health=health,
         kind=candidate.kind,
         aliases=candidate.aliases,
         source=candidate.source,
         rule=candidate.rule,
+        rdev=candidate.rdev,
+        identity=candidate.identity,
+        problem=candidate.problem,
     )
 
 
 def merge_records(
-    previous: Mapping[str, DeviceRecord], result: ScanResult, config: PluginConfig
+    previous: Mapping[str, DeviceRecord], result: ScanResult, config: PluginConfig, now: float
 ) -> list[DeviceRecord]:
-    """Advertised candidates are Healthy; known devices that vanished stay Unhealthy
-    while the config still selects them. Sorted by host path (stable order)."""
-    merged = {c.host_path: _record(c, HEALTHY) for c in result.advertised()}
-    for host_path, old in previous.items():
-        if host_path in merged:
-            continue
-        if selected_by_config(config, old.host_path, old.aliases, old.source):
-            merged[host_path] = DeviceRecord(
-                old.device_id, old.host_path, UNHEALTHY, old.kind, old.aliases, old.source, old.rule
+    """The records after a scan at clock reading ``now`` (pure).
+
+    Advertised candidates are recorded with their problem (if any). A known device
+    missing from the scan stays, Unhealthy with problem VANISHED, while the config
+    still selects it and for less than VANISHED_RECORD_TTL_SECONDS since the first
+    scan that missed it. Two present devices with one ID (one identity behind two
+    names) are both kept out of use: the first is recorded Unhealthy, saying so.
+    Sorted by host path, then ID (stable order).
+    """
+    merged: dict[str, DeviceRecord] = {}
+    for candidate in result.advertised():
+        record = _record(candidate)
+        first = merged.get(record.device_id)
+        if first is None:
+            merged[record.device_id] = record
+        else:
+            merged[record.device_id] = replace(
+                first, problem=f"same ID as {record.host_path} (same identity {record.identity!r})"
             )
-    return [merged[k] for k in sorted(merged)]
+    for device_id, old in previous.items():
+        if device_id in merged:
+            continue
+        if not selected_by_config(config, old.host_path, old.aliases, old.source):
+            continue
+        vanished_at = now if old.vanished_at is None else old.vanished_at
+        if now - vanished_at >= VANISHED_RECORD_TTL_SECONDS:
+            continue
+        merged[device_id] = replace(old, problem=VANISHED, vanished_at=vanished_at)
+    return sorted(merged.values(), key=lambda r: (r.host_path, r.device_id))
 
 
 class Subscription:
@@ -292,13 +461,30 @@ class Subscription:
         self.close()
 
 
-class DeviceState:
-    """Thread-safe holder of the current snapshot; publishes changes to subscribers."""
+SnapshotBuilder = Callable[[Sequence[DeviceRecord], PluginConfig], DeviceSnapshot]
 
-    def __init__(self) -> None:
+
+class DeviceState:
+    """Thread-safe holder of the current snapshot; publishes changes to subscribers.
+
+    A new DeviceState advertises no units until its first ``update``. ``clock`` is
+    a monotonic clock (seconds) for the expiry of vanished devices; ``build`` makes
+    a snapshot from records (tests slow it down to watch the locking).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        build: SnapshotBuilder = build_snapshot,
+    ) -> None:
+        self._clock = clock
+        self._build = build
+        # Held by readers (current, Allocate, subscribers) only for a reference swap.
         self._changed = threading.Condition(threading.Lock())
+        # Serialises updates; held while merging and building, which may be slow.
+        self._updating = threading.Lock()
         self._snapshot = DeviceSnapshot()
-        self._known: dict[str, DeviceRecord] = {}
+        self._known: dict[str, DeviceRecord] = {}  # by device ID; only under _updating
         self._version = 0
         self._subscriptions: set[Subscription] = set()
 
@@ -310,18 +496,33 @@ class DeviceState:
         """Apply a scan under a config; True (and subscribers woken) if the advertised list changed.
 
         The snapshot is replaced even when the list is the same, so a permission
-        change applies to the next Allocate.
+        change applies to the next Allocate. Merging and building happen outside
+        the readers' lock: Allocate and ListAndWatch keep answering from the old
+        snapshot meanwhile.
         """
-        with self._changed:
-            records = merge_records(self._known, result, config)
-            snapshot = build_snapshot(records, config)
+        with self._updating:
+            records = merge_records(self._known, result, config, self._clock())
+            snapshot = self._build(records, config)
+            # Only update() replaces the snapshot, and updates are serialised.
             changed = snapshot.devices != self._snapshot.devices
-            self._snapshot = snapshot
-            self._known = {r.host_path: r for r in records}
-            if changed:
-                self._version += 1
-                self._changed.notify_all()
+            with self._changed:
+                self._snapshot = snapshot
+                if changed:
+                    self._version += 1
+                    self._changed.notify_all()
+            self._known = {r.device_id: r for r in records}
             return changed
+
+    def next_expiry(self) -> float | None:
+        """Clock reading at which the first vanished device is due to be dropped
+        (by an update at or after it), or None when none has vanished."""
+        with self._updating:
+            deadlines = [
+                r.vanished_at + VANISHED_RECORD_TTL_SECONDS
+                for r in self._known.values()
+                if r.vanished_at is not None
+            ]
+        return min(deadlines, default=None)
 
     def subscribe(self) -> Subscription:
         """A subscription that reports changes after this call (send ``current()`` first)."""

@@ -134,19 +134,36 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
     def GetPreferredAllocation(
         self, request: pb.PreferredAllocationRequest, context: grpc.ServicerContext
     ) -> pb.PreferredAllocationResponse:
+        # One snapshot for the whole request, as for Allocate.
         snapshot = self._state.current()
-        return pb.PreferredAllocationResponse(
-            container_responses=[
-                pb.ContainerPreferredAllocationResponse(
-                    deviceIDs=snapshot.preferred(
-                        list(req.available_deviceIDs),
-                        list(req.must_include_deviceIDs),
-                        req.allocation_size,
-                    )
+        responses = []
+        for index, container in enumerate(request.container_requests):
+            size = container.allocation_size
+            if size < 0:
+                message = (
+                    f"container request {index}: allocation_size is {size}, "
+                    "it must be 0 or more; no preference given"
                 )
-                for req in request.container_requests
-            ]
-        )
+                log.warning("GetPreferredAllocation refused: %s", message)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+                raise AssertionError("context.abort() returned")  # it raises
+            available = list(container.available_deviceIDs)
+            must_include = list(container.must_include_deviceIDs)
+            outside = sorted(set(must_include) - set(available))
+            if outside:
+                # The kubelet never asks this; answering only from `available` is the contract.
+                log.warning(
+                    "GetPreferredAllocation container request %d: must_include_deviceIDs "
+                    "%s are not in available_deviceIDs; left out of the answer",
+                    index,
+                    outside,
+                )
+            responses.append(
+                pb.ContainerPreferredAllocationResponse(
+                    deviceIDs=snapshot.preferred(available, must_include, size)
+                )
+            )
+        return pb.PreferredAllocationResponse(container_responses=responses)
 
     def Allocate(
         self, request: pb.AllocateRequest, context: grpc.ServicerContext
@@ -160,10 +177,7 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
                 grant = snapshot.allocate(list(container.devices_ids))
             except AllocationError as error:
                 self._metrics.allocations.labels(result=error.code).inc()
-                message = (
-                    f"container request {index}: device {error.device_id!r} "
-                    f"is {error.code}: {error}; nothing was allocated"
-                )
+                message = f"container request {index} (devices_ids): {error}; nothing was allocated"
                 log.warning("Allocate refused: %s", message)
                 context.abort(
                     _ERROR_CODES.get(error.code, grpc.StatusCode.INVALID_ARGUMENT), message

@@ -1,0 +1,116 @@
+"""The servicer's request handling, called directly with a stand-in gRPC context."""
+
+from __future__ import annotations
+
+import threading
+from typing import NoReturn
+
+import grpc
+import pytest
+from tests.unit.conftest import config_of
+
+from power_device_plugin.api import pb
+from power_device_plugin.devices import DeviceState, device_id_for
+from power_device_plugin.discovery import ADVERTISED, SOURCE_SYSFS, Candidate, ScanResult
+from power_device_plugin.metrics import PluginMetrics
+from power_device_plugin.server import DevicePluginServicer
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    """Records what ``abort`` was called with and raises, as grpc does."""
+
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self.code, self.details = code, details
+        raise Aborted(details)
+
+
+def servicer_with(*problems: str) -> tuple[DevicePluginServicer, list[str]]:
+    """A per-device servicer, two units per device; device i has problems[i]."""
+    candidates = tuple(
+        Candidate(
+            path=f"/host/dev/sd{chr(97 + i)}",
+            host_path=f"/dev/sd{chr(97 + i)}",
+            verdict=ADVERTISED,
+            rule="sysfs block",
+            reason="block device node",
+            kind="block",
+            source=SOURCE_SYSFS,
+            problem=problem,
+        )
+        for i, problem in enumerate(problems)
+    )
+    state = DeviceState()
+    state.update(ScanResult(candidates), config_of(grant_mode="per-device", upper_limit=2))
+    servicer = DevicePluginServicer(state, PluginMetrics(), threading.Event())
+    return servicer, [d.id for d in state.current().devices]
+
+
+def preferred_request(
+    available: list[str], must_include: list[str], size: int
+) -> pb.ContainerPreferredAllocationRequest:
+    return pb.ContainerPreferredAllocationRequest(
+        available_deviceIDs=available, must_include_deviceIDs=must_include, allocation_size=size
+    )
+
+
+def test_preferred_allocation_answers_each_container_request_from_its_own_fields() -> None:
+    servicer, units = servicer_with("", "")
+    sda, sdb = device_id_for("/dev/sda"), device_id_for("/dev/sdb")
+    request = pb.PreferredAllocationRequest(
+        container_requests=[
+            preferred_request(units, [f"{sdb}-r1"], 2),
+            preferred_request([f"{sda}-r0", f"{sda}-r1"], [], 1),
+        ]
+    )
+    response = servicer.GetPreferredAllocation(request, FakeContext())  # type: ignore[arg-type]
+    answers = [list(r.deviceIDs) for r in response.container_responses]
+    assert answers == [[f"{sdb}-r1", f"{sda}-r0"], [f"{sda}-r0"]]
+
+
+def test_preferred_allocation_refuses_a_negative_size_naming_the_field() -> None:
+    servicer, units = servicer_with("")
+    context = FakeContext()
+    request = pb.PreferredAllocationRequest(container_requests=[preferred_request(units, [], -1)])
+    with pytest.raises(Aborted):
+        servicer.GetPreferredAllocation(request, context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "container request 0: allocation_size is -1" in context.details
+
+
+def test_allocate_refusal_names_the_request_the_id_and_the_problem() -> None:
+    servicer, units = servicer_with("", "device/state is offline")
+    sdb_unit = f"{device_id_for('/dev/sdb')}-r0"
+    context = FakeContext()
+    request = pb.AllocateRequest(
+        container_requests=[
+            pb.ContainerAllocateRequest(devices_ids=[units[0]]),
+            pb.ContainerAllocateRequest(devices_ids=[sdb_unit]),
+        ]
+    )
+    with pytest.raises(Aborted):
+        servicer.Allocate(request, context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert context.details == (
+        f"container request 1 (devices_ids): device ID {sdb_unit!r} is Unhealthy: "
+        "device/state is offline; nothing was allocated"
+    )
+
+
+def test_allocate_refuses_an_unknown_id_as_an_invalid_argument() -> None:
+    servicer, _ = servicer_with("")
+    context = FakeContext()
+    request = pb.AllocateRequest(
+        container_requests=[pb.ContainerAllocateRequest(devices_ids=["nope-r0"])]
+    )
+    with pytest.raises(Aborted):
+        servicer.Allocate(request, context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'nope-r0' is not advertised" in context.details
