@@ -170,6 +170,9 @@ def _grant(records: Sequence[DeviceRecord], permissions: str) -> ContainerGrant:
     )
 
 
+# The sorted sources of a request's units: equal keys, equal grants.
+GrantKey = tuple[int, ...]
+
 # Where a unit's grant comes from: the index of its device in the records, or the
 # whole healthy set (all mode).
 _WHOLE_SET = -1
@@ -222,11 +225,25 @@ class DeviceSnapshot:
         The answer depends only on the set of IDs and the snapshot, so the kubelet's
         re-allocation after a restart gets the same answer.
         """
+        return self.grant_for(self.grant_key(ids))
+
+    def grant_key(self, ids: Sequence[str]) -> GrantKey:
+        """What a request's grant depends on within this snapshot; raises AllocationError.
+
+        Two requests with the same key get the same grant, so a caller may keep the
+        wire form of a grant per key for as long as it holds this snapshot.
+        """
         self._check(ids)
         sources = {self._unit_source[i] for i in ids}
         if _WHOLE_SET in sources:
+            return (_WHOLE_SET,)
+        return tuple(sorted(sources))
+
+    def grant_for(self, key: GrantKey) -> ContainerGrant:
+        """The grant for a key from :meth:`grant_key` of this snapshot."""
+        if key == (_WHOLE_SET,):
             return self._whole_set_grant
-        return _grant([self.records[index] for index in sorted(sources)], self.permissions)
+        return _grant([self.records[index] for index in key], self.permissions)
 
     def preferred(
         self, available: Sequence[str], must_include: Sequence[str], size: int

@@ -12,13 +12,16 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import grpc
+from google.protobuf.message import Message
 
 from power_device_plugin.api import pb, rpc
 from power_device_plugin.devices import (
     AdvertisedDevice,
     AllocationError,
     ContainerGrant,
+    DeviceSnapshot,
     DeviceState,
+    GrantKey,
 )
 from power_device_plugin.metrics import PluginMetrics
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 # again at whether it was cancelled or the plugin is stopping. New snapshots
 # wake it at once; this only bounds how long a dead stream holds a thread.
 STREAM_WAKE_SECONDS = 1.0
+
+SERVICE_NAME = "v1beta1.DevicePlugin"
 
 _ERROR_CODES = {
     "unknown": grpc.StatusCode.INVALID_ARGUMENT,
@@ -60,6 +65,65 @@ def container_response(grant: ContainerGrant) -> pb.ContainerAllocateResponse:
             for container_path, host_path, read_only in grant.mounts
         ],
     )
+
+
+# AllocateResponse.container_responses is field 1, length-delimited: tag byte 0x0a.
+_CONTAINER_RESPONSES_TAG = b"\x0a"
+# Distinct grants kept in wire form per snapshot: all mode has one; per-device mode
+# one per device (or combination) actually asked for. A bound keeps a stream of odd
+# combinations from growing the cache without limit.
+MAX_CACHED_GRANTS = 4096
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def allocate_response_wire(containers: Sequence[bytes]) -> bytes:
+    """An AllocateResponse in wire form from its containers' serialised responses.
+
+    A repeated message field on the wire is each element as tag + length + bytes, so
+    the answer is assembled from cached parts without building a message.
+    """
+    return b"".join(_CONTAINER_RESPONSES_TAG + _varint(len(part)) + part for part in containers)
+
+
+class GrantWireCache:
+    """Serialised ContainerAllocateResponses of the current snapshot, by grant key.
+
+    The answer for a grant only changes when the snapshot does, so it is built and
+    serialised once per snapshot (in all mode: once for every Allocate until the next
+    change) instead of once per call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot: DeviceSnapshot | None = None
+        self._by_key: dict[GrantKey, bytes] = {}
+
+    def container_wire(self, snapshot: DeviceSnapshot, key: GrantKey) -> bytes:
+        with self._lock:
+            if snapshot is not self._snapshot:
+                self._snapshot = snapshot
+                self._by_key = {}
+            cached = self._by_key.get(key)
+        if cached is not None:
+            return cached
+        wire = container_response(snapshot.grant_for(key)).SerializeToString()
+        with self._lock:
+            if snapshot is self._snapshot:
+                if len(self._by_key) >= MAX_CACHED_GRANTS:
+                    self._by_key.clear()
+                self._by_key[key] = wire
+        return wire
 
 
 class StreamCounter:
@@ -100,6 +164,7 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         self._metrics = metrics
         self._stopping = stopping
         self.streams = streams if streams is not None else StreamCounter(metrics)
+        self._grants = GrantWireCache()
 
     def GetDevicePluginOptions(
         self, request: pb.Empty, context: grpc.ServicerContext
@@ -168,13 +233,18 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
     def Allocate(
         self, request: pb.AllocateRequest, context: grpc.ServicerContext
     ) -> pb.AllocateResponse:
+        """The answer as a message (the server itself sends :meth:`allocate_wire`)."""
+        return pb.AllocateResponse.FromString(self.allocate_wire(request, context))
+
+    def allocate_wire(self, request: pb.AllocateRequest, context: grpc.ServicerContext) -> bytes:
+        """Allocate's answer, serialised: assembled from the snapshot's cached grants."""
         # One snapshot for the whole request: every container is answered from
         # the same list, and any refusal refuses the whole request.
         snapshot = self._state.current()
         responses = []
         for index, container in enumerate(request.container_requests):
             try:
-                grant = snapshot.allocate(list(container.devices_ids))
+                key = snapshot.grant_key(container.devices_ids)
             except AllocationError as error:
                 self._metrics.allocations.labels(result=error.code).inc()
                 message = f"container request {index} (devices_ids): {error}; nothing was allocated"
@@ -183,9 +253,9 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
                     _ERROR_CODES.get(error.code, grpc.StatusCode.INVALID_ARGUMENT), message
                 )
                 raise  # abort() raises; this keeps type checkers and readers sure of it
-            responses.append(container_response(grant))
+            responses.append(self._grants.container_wire(snapshot, key))
         self._metrics.allocations.labels(result="ok").inc()
-        return pb.AllocateResponse(container_responses=responses)
+        return allocate_response_wire(responses)
 
     def PreStartContainer(
         self, request: pb.PreStartContainerRequest, context: grpc.ServicerContext
@@ -193,6 +263,19 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         return pb.PreStartContainerResponse()
 
 
+def _wire_or_serialize(response: bytes | Message) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def add_servicer(servicer: DevicePluginServicer, server: grpc.Server) -> None:
-    """Attach the servicer to a gRPC server (typed wrapper over the generated helper)."""
+    """Attach the servicer to a gRPC server: the generated handlers, except that
+    Allocate sends the pre-serialised answer as it is."""
+    allocate = grpc.unary_unary_rpc_method_handler(
+        servicer.allocate_wire,
+        request_deserializer=pb.AllocateRequest.FromString,
+        response_serializer=_wire_or_serialize,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Allocate": allocate}),)
+    )
     rpc.add_DevicePluginServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
