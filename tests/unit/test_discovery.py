@@ -15,6 +15,9 @@ from power_device_plugin.discovery import (
     scan,
     selected_by_config,
 )
+from power_device_plugin.host_use import HostUse
+
+NOT_USED = HostUse(in_use={})
 
 
 def by_host_path(result: ScanResult) -> dict[str, Candidate]:
@@ -28,7 +31,7 @@ def advertised_paths(result: ScanResult) -> list[str]:
 def test_without_includes_every_sysfs_block_device_is_advertised(host: FakeHost) -> None:
     host.disk("sda", partitions=("sda1", "sda2"))
     host.dm("dm-0", "mpatha")
-    result = scan(config_of(), host.dev, host.sys)
+    result = scan(config_of(), host.dev, host.sys, NOT_USED)
     assert sorted(advertised_paths(result)) == ["/dev/dm-0", "/dev/sda", "/dev/sda1", "/dev/sda2"]
     dm = by_host_path(result)["/dev/dm-0"]
     assert dm.rule == "sysfs block"
@@ -40,7 +43,7 @@ def test_candidates_carry_the_path_under_dev_root_and_the_host_path(tmp_path: Pa
     needs_root()
     host = FakeHost(tmp_path, dev_name="hostdev")
     host.dm("dm-0", "mpatha")
-    (only,) = scan(config_of(), host.dev, host.sys).candidates
+    (only,) = scan(config_of(), host.dev, host.sys, NOT_USED).candidates
     assert only.path == str(host.dev / "dm-0")
     assert only.host_path == "/dev/dm-0"
 
@@ -48,7 +51,7 @@ def test_candidates_carry_the_path_under_dev_root_and_the_host_path(tmp_path: Pa
 def test_exclude_matches_host_paths(host: FakeHost) -> None:
     host.disk("sda", partitions=("sda1",))
     host.disk("sdb")
-    result = scan(config_of(exclude_devices=["/dev/sda*"]), host.dev, host.sys)
+    result = scan(config_of(exclude_devices=["/dev/sda*"]), host.dev, host.sys, NOT_USED)
     assert advertised_paths(result) == ["/dev/sdb"]
     sda1 = by_host_path(result)["/dev/sda1"]
     assert (sda1.verdict, sda1.rule) == (EXCLUDED, "exclude /dev/sda*")
@@ -57,7 +60,7 @@ def test_exclude_matches_host_paths(host: FakeHost) -> None:
 def test_exclude_matches_the_mapper_name_of_a_dm_device(host: FakeHost) -> None:
     host.dm("dm-0", "mpatha")
     host.dm("dm-1", "rootvg-root")
-    result = scan(config_of(exclude_devices=["/dev/mapper/rootvg-*"]), host.dev, host.sys)
+    result = scan(config_of(exclude_devices=["/dev/mapper/rootvg-*"]), host.dev, host.sys, NOT_USED)
     assert advertised_paths(result) == ["/dev/dm-0"]
     assert by_host_path(result)["/dev/dm-1"].rule == "exclude /dev/mapper/rootvg-*"
 
@@ -66,7 +69,9 @@ def test_includes_replace_the_block_listing_and_report_what_they_miss(host: Fake
     host.disk("sda")
     host.dm("dm-0", "mpatha")
     host.char_node("/dev/vfio/7")
-    result = scan(config_of(include_devices=["/dev/dm-*", "/dev/vfio/*"]), host.dev, host.sys)
+    result = scan(
+        config_of(include_devices=["/dev/dm-*", "/dev/vfio/7"]), host.dev, host.sys, NOT_USED
+    )
     assert advertised_paths(result) == ["/dev/dm-0", "/dev/vfio/7"]
     found = by_host_path(result)
     assert found["/dev/dm-0"].rule == "include /dev/dm-*"
@@ -76,7 +81,7 @@ def test_includes_replace_the_block_listing_and_report_what_they_miss(host: Fake
 
 def test_include_glob_star_does_not_cross_directories(host: FakeHost) -> None:
     host.char_node("/dev/vfio/7")
-    result = scan(config_of(include_devices=["/dev/v*"]), host.dev, host.sys)
+    result = scan(config_of(include_devices=["/dev/v*"]), host.dev, host.sys, NOT_USED)
     assert by_host_path(result)["/dev/vfio"].verdict == REFUSED
     assert advertised_paths(result) == []
 
@@ -85,7 +90,7 @@ def test_include_of_mapper_names_grants_the_mapper_path_and_knows_its_target(
     host: FakeHost,
 ) -> None:
     host.dm("dm-3", "mpathc")
-    result = scan(config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys)
+    result = scan(config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys, NOT_USED)
     (candidate,) = result.advertised()
     assert candidate.host_path == "/dev/mapper/mpathc"
     assert "/dev/dm-3" in candidate.aliases
@@ -93,6 +98,7 @@ def test_include_of_mapper_names_grants_the_mapper_path_and_knows_its_target(
         config_of(include_devices=["/dev/mapper/*"], exclude_devices=["/dev/dm-3"]),
         host.dev,
         host.sys,
+        NOT_USED,
     )
     assert advertised_paths(excluded) == []
 
@@ -101,13 +107,13 @@ def test_include_glob_matching_a_dm_node_still_excludes_by_mapper_name(host: Fak
     host.dm("dm-0", "mpatha")
     host.dm("dm-1", "mpathb")
     config = config_of(include_devices=["/dev/dm-*"], exclude_devices=["/dev/mapper/mpathb"])
-    assert advertised_paths(scan(config, host.dev, host.sys)) == ["/dev/dm-0"]
+    assert advertised_paths(scan(config, host.dev, host.sys, NOT_USED)) == ["/dev/dm-0"]
 
 
 def test_the_same_device_reached_twice_is_advertised_once(host: FakeHost) -> None:
     host.dm("dm-0", "mpatha")
     config = config_of(include_devices=["/dev/dm-*", "/dev/mapper/*"])
-    result = scan(config, host.dev, host.sys)
+    result = scan(config, host.dev, host.sys, NOT_USED)
     assert advertised_paths(result) == ["/dev/dm-0"]
     twin = by_host_path(result)["/dev/mapper/mpatha"]
     assert (twin.verdict, twin.reason) == (EXCLUDED, "same device as /dev/dm-0")
@@ -115,8 +121,8 @@ def test_the_same_device_reached_twice_is_advertised_once(host: FakeHost) -> Non
 
 def test_nx_gzip_adds_its_node_when_enabled(host: FakeHost) -> None:
     host.char_node("/dev/crypto/nx-gzip")
-    assert advertised_paths(scan(config_of(), host.dev, host.sys)) == []
-    result = scan(config_of(nx_gzip=True), host.dev, host.sys)
+    assert advertised_paths(scan(config_of(), host.dev, host.sys, NOT_USED)) == []
+    result = scan(config_of(nx_gzip=True), host.dev, host.sys, NOT_USED)
     (candidate,) = result.advertised()
     assert (candidate.host_path, candidate.rule, candidate.kind) == (
         "/dev/crypto/nx-gzip",
@@ -129,22 +135,22 @@ def test_nx_gzip_is_added_alongside_includes_and_obeys_excludes(host: FakeHost) 
     host.char_node("/dev/crypto/nx-gzip")
     host.dm("dm-0", "mpatha")
     config = config_of(nx_gzip=True, include_devices=["/dev/dm-*"])
-    assert advertised_paths(scan(config, host.dev, host.sys)) == [
+    assert advertised_paths(scan(config, host.dev, host.sys, NOT_USED)) == [
         "/dev/dm-0",
         "/dev/crypto/nx-gzip",
     ]
     config = config_of(nx_gzip=True, exclude_devices=["/dev/crypto/*"])
-    assert advertised_paths(scan(config, host.dev, host.sys)) == ["/dev/dm-0"]
+    assert advertised_paths(scan(config, host.dev, host.sys, NOT_USED)) == ["/dev/dm-0"]
 
 
 def test_missing_nx_gzip_node_is_reported(host: FakeHost) -> None:
-    (candidate,) = scan(config_of(nx_gzip=True), host.dev, host.sys).candidates
+    (candidate,) = scan(config_of(nx_gzip=True), host.dev, host.sys, NOT_USED).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "does not exist")
 
 
 def test_sysfs_device_without_a_node_is_refused(host: FakeHost) -> None:
     host.disk("sdz", node=False)
-    (candidate,) = scan(config_of(), host.dev, host.sys).candidates
+    (candidate,) = scan(config_of(), host.dev, host.sys, NOT_USED).candidates
     assert (candidate.host_path, candidate.verdict, candidate.reason) == (
         "/dev/sdz",
         REFUSED,
@@ -153,19 +159,25 @@ def test_sysfs_device_without_a_node_is_refused(host: FakeHost) -> None:
 
 
 def test_literal_include_that_is_missing_is_reported(host: FakeHost) -> None:
-    (candidate,) = scan(config_of(include_devices=["/dev/nvme0n1"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/nvme0n1"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "does not exist")
 
 
 def test_regular_file_is_refused(host: FakeHost) -> None:
     host.regular_file("/dev/fake0")
-    (candidate,) = scan(config_of(include_devices=["/dev/fake*"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/fake*"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "not a device node (regular file)")
 
 
 def test_directory_is_refused(host: FakeHost) -> None:
     host.directory("/dev/fakedir")
-    (candidate,) = scan(config_of(include_devices=["/dev/fake*"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/fake*"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "not a device node (directory)")
 
 
@@ -174,14 +186,16 @@ def test_dotdot_escape_from_dev_root_is_refused(host: FakeHost) -> None:
     outside.mkdir()
     (outside / "shadow").write_text("secret\n")
     config = config_of(include_devices=["/dev/../etc/*"])
-    (candidate,) = scan(config, host.dev, host.sys).candidates
+    (candidate,) = scan(config, host.dev, host.sys, NOT_USED).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "path escapes dev-root")
     assert candidate.host_path == "/etc/shadow"
 
 
 def test_dangling_symlink_is_refused(host: FakeHost) -> None:
     host.link("/dev/mapper/gone", "../dm-9")
-    (candidate,) = scan(config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "dangling symlink")
 
 
@@ -189,14 +203,18 @@ def test_relative_symlink_escaping_dev_root_is_refused(host: FakeHost) -> None:
     outside = host.dev.parent / "outside-node"
     os.mknod(outside, stat.S_IFBLK | 0o600, os.makedev(8, 99))
     host.link("/dev/sneaky", "../outside-node")
-    (candidate,) = scan(config_of(include_devices=["/dev/sneaky"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/sneaky"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert candidate.verdict == REFUSED
     assert candidate.reason.startswith("symlink escapes dev-root")
 
 
 def test_absolute_symlink_outside_host_dev_is_refused(host: FakeHost) -> None:
     host.link("/dev/passwd", "/etc/passwd")
-    (candidate,) = scan(config_of(include_devices=["/dev/passwd"]), host.dev, host.sys).candidates
+    (candidate,) = scan(
+        config_of(include_devices=["/dev/passwd"]), host.dev, host.sys, NOT_USED
+    ).candidates
     assert candidate.verdict == REFUSED
     assert candidate.reason == "symlink escapes dev-root (points to /etc/passwd)"
 
@@ -204,7 +222,7 @@ def test_absolute_symlink_outside_host_dev_is_refused(host: FakeHost) -> None:
 def test_absolute_symlink_in_host_terms_is_followed_inside_dev_root(host: FakeHost) -> None:
     host.block_node("/dev/dm-5")
     host.link("/dev/disk/by-id/wwn-1", "/dev/dm-5")
-    result = scan(config_of(include_devices=["/dev/disk/by-id/*"]), host.dev, host.sys)
+    result = scan(config_of(include_devices=["/dev/disk/by-id/*"]), host.dev, host.sys, NOT_USED)
     (candidate,) = result.advertised()
     assert candidate.host_path == "/dev/disk/by-id/wwn-1"
     assert "/dev/dm-5" in candidate.aliases
@@ -215,7 +233,7 @@ def test_directory_symlink_escaping_dev_root_is_refused(host: FakeHost) -> None:
     outside.mkdir()
     os.mknod(outside / "node", stat.S_IFCHR | 0o600, os.makedev(1, 3))
     host.link("/dev/linked", "../elsewhere")
-    result = scan(config_of(include_devices=["/dev/linked/*"]), host.dev, host.sys)
+    result = scan(config_of(include_devices=["/dev/linked/*"]), host.dev, host.sys, NOT_USED)
     (candidate,) = result.candidates
     assert (candidate.verdict, candidate.reason) == (REFUSED, "symlink escapes dev-root")
 
