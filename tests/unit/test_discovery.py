@@ -4,6 +4,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from tests.unit.conftest import FakeHost, config_of, needs_root
 
 from power_device_plugin.discovery import (
@@ -15,7 +16,7 @@ from power_device_plugin.discovery import (
     scan,
     selected_by_config,
 )
-from power_device_plugin.host_use import HostUse
+from power_device_plugin.host_use import HostUse, read_host_use
 
 NOT_USED = HostUse(in_use={})
 
@@ -256,3 +257,278 @@ def test_selected_by_config_follows_includes_excludes_and_sources() -> None:
     )
     assert selected_by_config(config_of(nx_gzip=True), "/dev/crypto/nx-gzip", (), "nx-gzip")
     assert not selected_by_config(config_of(), "/dev/crypto/nx-gzip", (), "nx-gzip")
+
+
+# --- the host's own disks -------------------------------------------------------------
+
+
+def test_a_block_device_the_host_uses_is_refused_naming_the_use(host: FakeHost) -> None:
+    host.disk("sda", partitions=("sda1",))
+    host.disk("sdb")
+    use = HostUse(in_use={host.number_of("/dev/sda1"): "mounted at /sysroot"})
+    result = scan(config_of(), host.dev, host.sys, use)
+    sda1 = by_host_path(result)["/dev/sda1"]
+    assert (sda1.verdict, sda1.rule, sda1.reason) == (
+        REFUSED,
+        "in use",
+        "in use: mounted at /sysroot",
+    )
+    assert sorted(advertised_paths(result)) == ["/dev/sda", "/dev/sdb"]
+
+
+def test_the_in_use_guard_holds_whatever_the_globs_and_whichever_name(host: FakeHost) -> None:
+    host.dm("dm-0", "rootvg-root")
+    use = HostUse(in_use={host.number_of("/dev/dm-0"): "mounted at /"})
+    config = config_of(include_devices=["/dev/mapper/*", "/dev/dm-*"])
+    result = scan(config, host.dev, host.sys, use)
+    assert advertised_paths(result) == []
+    assert {c.rule for c in result.candidates} == {"in use"}
+
+
+def test_unreadable_host_use_refuses_every_block_device_but_not_named_char_devices(
+    host: FakeHost,
+) -> None:
+    host.disk("sda")
+    host.char_node("/dev/crypto/nx-gzip")
+    use = HostUse(in_use={}, error="cannot read /host/proc/1/mountinfo: no such file")
+    result = scan(config_of(nx_gzip=True), host.dev, host.sys, use)
+    sda = by_host_path(result)["/dev/sda"]
+    assert (sda.verdict, sda.rule) == (REFUSED, "in use")
+    assert "cannot read /host/proc/1/mountinfo" in sda.reason
+    assert advertised_paths(result) == ["/dev/crypto/nx-gzip"]
+
+
+def test_the_host_mount_table_is_read_through_read_host_use(host: FakeHost) -> None:
+    host.disk("sda")
+    host.disk("sdb")
+    host.mount("/dev/sdb", "/var/lib/kubelet")
+    result = scan(config_of(), host.dev, host.sys, read_host_use(host.proc, host.sys))
+    assert advertised_paths(result) == ["/dev/sda"]
+    assert by_host_path(result)["/dev/sdb"].reason == "in use: mounted at /var/lib/kubelet"
+
+
+# --- the built-in deny list and character devices -----------------------------------------
+
+
+def test_denied_nodes_are_refused_even_when_named_exactly(host: FakeHost) -> None:
+    host.char_node("/dev/mem", (1, 1))
+    host.char_node("/dev/mapper/control", (10, 236))
+    host.char_node("/dev/cpu/0/msr", (202, 0))
+    config = config_of(include_devices=["/dev/mem", "/dev/mapper/control", "/dev/cpu/0/msr"])
+    result = scan(config, host.dev, host.sys, NOT_USED)
+    assert advertised_paths(result) == []
+    for candidate in result.candidates:
+        assert (candidate.verdict, candidate.rule) == (REFUSED, "built-in deny list")
+        assert candidate.reason.startswith("built-in deny list")
+
+
+def test_a_link_to_a_denied_node_is_refused_by_the_name_it_reaches(host: FakeHost) -> None:
+    host.char_node("/dev/mem", (1, 1))
+    host.link("/dev/innocent", "mem")
+    result = scan(config_of(include_devices=["/dev/innocent"]), host.dev, host.sys, NOT_USED)
+    (candidate,) = result.candidates
+    assert (candidate.verdict, candidate.rule) == (REFUSED, "built-in deny list")
+    assert "/dev/mem" in candidate.reason
+
+
+def test_a_glob_never_pulls_in_character_devices(host: FakeHost) -> None:
+    host.disk("vdb")
+    host.char_node("/dev/vfio/7")
+    host.char_node("/dev/mem", (1, 1))
+    result = scan(
+        config_of(include_devices=["/dev/*", "/dev/vfio/*"]), host.dev, host.sys, NOT_USED
+    )
+    assert advertised_paths(result) == ["/dev/vdb"]
+    vfio = by_host_path(result)["/dev/vfio/7"]
+    assert (vfio.verdict, vfio.rule) == (REFUSED, "character devices by exact name")
+    assert "matched by the glob /dev/vfio/*" in vfio.reason
+    mem = by_host_path(result)["/dev/mem"]
+    assert (mem.verdict, mem.rule) == (REFUSED, "built-in deny list")
+
+
+def test_a_character_device_named_exactly_is_advertised(host: FakeHost) -> None:
+    host.char_node("/dev/vfio/7")
+    result = scan(config_of(include_devices=["/dev/vfio/7"]), host.dev, host.sys, NOT_USED)
+    assert advertised_paths(result) == ["/dev/vfio/7"]
+
+
+# --- identity by device number ------------------------------------------------------------
+
+
+def mapper_real_node(host: FakeHost, dm: str, mapper_name: str) -> None:
+    """What ``dmsetup mknodes`` makes on a node without udev: a second real node."""
+    host.remove(f"/dev/mapper/{mapper_name}")
+    host.block_node(f"/dev/mapper/{mapper_name}", host.number_of(f"/dev/{dm}"))
+
+
+def test_a_second_real_node_of_the_same_device_is_advertised_once(host: FakeHost) -> None:
+    host.dm("dm-1", "mpatha")
+    mapper_real_node(host, "dm-1", "mpatha")
+    assert not (host.dev / "mapper" / "mpatha").is_symlink()
+    config = config_of(include_devices=["/dev/dm-*", "/dev/mapper/*"])
+    result = scan(config, host.dev, host.sys, NOT_USED)
+    assert advertised_paths(result) == ["/dev/dm-1"]
+    twin = by_host_path(result)["/dev/mapper/mpatha"]
+    assert (twin.verdict, twin.reason) == (EXCLUDED, "same device as /dev/dm-1")
+    assert twin.rdev == by_host_path(result)["/dev/dm-1"].rdev
+
+
+def test_the_name_the_first_include_pattern_selected_is_the_one_granted(host: FakeHost) -> None:
+    host.dm("dm-1", "mpatha")
+    mapper_real_node(host, "dm-1", "mpatha")
+    config = config_of(include_devices=["/dev/mapper/mpath*", "/dev/dm-*"])
+    result = scan(config, host.dev, host.sys, NOT_USED)
+    (granted,) = result.advertised()
+    assert granted.host_path == "/dev/mapper/mpatha"
+    assert "/dev/dm-1" in granted.aliases
+    only_mapper = scan(config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys, NOT_USED)
+    assert advertised_paths(only_mapper) == ["/dev/mapper/mpatha"]
+
+
+def test_an_exclude_matches_any_name_of_the_device(host: FakeHost) -> None:
+    host.dm("dm-1", "mpatha")
+    mapper_real_node(host, "dm-1", "mpatha")
+    host.link("/dev/disk/by-id/dm-uuid-mpath-3600", "../../dm-1")
+    for exclude in ("/dev/dm-1", "/dev/mapper/mpatha", "/dev/disk/by-id/dm-uuid-*"):
+        config = config_of(
+            include_devices=["/dev/mapper/*", "/dev/disk/by-id/*", "/dev/dm-*"],
+            exclude_devices=[exclude],
+        )
+        result = scan(config, host.dev, host.sys, NOT_USED)
+        assert advertised_paths(result) == [], exclude
+        assert {c.verdict for c in result.candidates} == {EXCLUDED}, exclude
+
+
+def test_block_and_character_devices_with_the_same_number_are_different_devices(
+    host: FakeHost,
+) -> None:
+    host.block_node("/dev/blk0", (240, 1))
+    host.char_node("/dev/chr0", (240, 1))
+    config = config_of(include_devices=["/dev/blk0", "/dev/chr0"])
+    assert advertised_paths(scan(config, host.dev, host.sys, NOT_USED)) == [
+        "/dev/blk0",
+        "/dev/chr0",
+    ]
+
+
+def test_identity_comes_from_dm_uuid_then_wwid(host: FakeHost) -> None:
+    host.dm("dm-0", "mpatha", uuid="mpath-3600a0b80", slaves=("sda",))
+    host.disk("sda")
+    host.sysfs("sda/device/wwid", "naa.600a0b80")
+    host.sysfs("sda/device/state", "running")
+    host.disk("sdb")
+    found = by_host_path(scan(config_of(), host.dev, host.sys, NOT_USED))
+    assert found["/dev/dm-0"].identity == "dm-uuid:mpath-3600a0b80"
+    assert found["/dev/sda"].identity == "wwid:naa.600a0b80"
+    assert found["/dev/sdb"].identity == ""
+    assert found["/dev/sda"].rdev == host.number_of("/dev/sda")
+
+
+# --- health from sysfs --------------------------------------------------------------------
+
+
+def problems(host: FakeHost) -> dict[str, str]:
+    return {
+        c.host_path: c.problem for c in scan(config_of(), host.dev, host.sys, NOT_USED).advertised()
+    }
+
+
+def test_a_device_whose_state_is_not_running_has_a_problem_and_so_do_its_partitions(
+    host: FakeHost,
+) -> None:
+    host.disk("sda", partitions=("sda1",))
+    host.disk("sdb")
+    host.disk("nvme0n1")
+    host.sysfs("sda/device/state", "offline")
+    host.sysfs("sdb/device/state", "running")
+    host.sysfs("nvme0n1/device/state", "live")
+    assert problems(host) == {
+        "/dev/sda": "device/state is offline",
+        "/dev/sda1": "device/state is offline",
+        "/dev/sdb": "",
+        "/dev/nvme0n1": "",
+    }
+
+
+def test_a_suspended_dm_map_and_a_zero_size_device_have_problems(host: FakeHost) -> None:
+    host.dm("dm-0", "suspended")
+    host.sysfs("dm-0/dm/suspended", "1")
+    host.dm("dm-1", "running")
+    host.sysfs("dm-1/dm/suspended", "0")
+    host.disk("sdz")
+    host.sysfs("sdz/size", "0")
+    host.disk("sdy")
+    host.sysfs("sdy/size", "2048")
+    assert problems(host) == {
+        "/dev/dm-0": "dm/suspended is 1",
+        "/dev/dm-1": "",
+        "/dev/sdz": "size is 0",
+        "/dev/sdy": "",
+    }
+
+
+def test_a_multipath_map_needs_one_live_path(host: FakeHost) -> None:
+    host.disk("sda")
+    host.disk("sdb")
+    host.sysfs("sda/device/state", "offline")
+    host.sysfs("sdb/device/state", "transport-offline")
+    host.dm("dm-0", "mpatha", uuid="mpath-3600a", slaves=("sda", "sdb"))
+    host.dm("dm-1", "mpathb", uuid="mpath-3600b")
+    host.dm("dm-2", "vg-lv", uuid="LVM-abc")
+    found = problems(host)
+    assert found["/dev/dm-0"].startswith("no live multipath path")
+    assert "sda offline" in found["/dev/dm-0"]
+    assert found["/dev/dm-1"] == "no live multipath path (the map has no paths)"
+    assert found["/dev/dm-2"] == ""
+    host.sysfs("sdb/device/state", "running")
+    assert problems(host)["/dev/dm-0"] == ""
+
+
+# --- races --------------------------------------------------------------------------------
+
+
+def test_a_link_removed_between_lstat_and_readlink_is_a_refused_candidate(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.dm("dm-0", "mpatha")
+
+    def vanished(path: object) -> str:
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(os, "readlink", vanished)
+    result = scan(config_of(include_devices=["/dev/mapper/*"]), host.dev, host.sys, NOT_USED)
+    mapper = by_host_path(result)["/dev/mapper/mpatha"]
+    assert (mapper.verdict, mapper.reason) == (REFUSED, "vanished during the scan")
+
+
+def test_a_node_removed_between_lstat_and_stat_is_a_refused_candidate(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.disk("sda")
+    real_stat = os.stat
+
+    def vanishing_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if str(path).endswith("/sda"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", vanishing_stat)
+    (sda,) = scan(config_of(), host.dev, host.sys, NOT_USED).candidates
+    assert (sda.verdict, sda.reason) == (REFUSED, "vanished during the scan")
+
+
+def test_sysfs_files_vanishing_mid_scan_never_raise(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host.dm("dm-0", "mpatha", uuid="mpath-1", slaves=("sda",))
+    host.disk("sda")
+    real_open = open
+
+    def vanishing_open(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).startswith(str(host.sys)):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", vanishing_open)
+    result = scan(config_of(include_devices=["/dev/dm-*"]), host.dev, host.sys, NOT_USED)
+    assert advertised_paths(result) == ["/dev/dm-0"]
