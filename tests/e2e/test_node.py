@@ -279,9 +279,9 @@ def test_a_loop_device_carrying_a_mounted_file_system_is_never_advertised_nor_gr
         time.sleep(1.0)  # a few watcher rounds: still not advertised
         assert in_use.path not in node.ids_by_path(node.kubelet.lists()[-1])
 
+        unmounting_at = time.monotonic()  # before: the plugin may see it before umount returns
         unmount(mount_point)
-        unmounted_at = time.monotonic()
-        after, _ = node.first_list_after(unmounted_at, lambda d: len(healthy(d)) == 3)
+        after, _ = node.first_list_after(unmounting_at, lambda d: len(healthy(d)) == 3)
     assert in_use.path in node.ids_by_path(after)
 
 
