@@ -20,13 +20,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from power_device_plugin import __version__
 from power_device_plugin.config import ConfigError, load_config
 from power_device_plugin.devices import DeviceSnapshot, DeviceState
 from power_device_plugin.discovery import ScanResult, scan
+from power_device_plugin.host_use import read_host_use
 from power_device_plugin.metrics import PluginMetrics
+
+if TYPE_CHECKING:
+    from power_device_plugin.watch import ConfigWatcher, DeviceWatcher
 
 log = logging.getLogger("power_device_plugin")
 
@@ -116,13 +120,16 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("--config", "PDP_CONFIG", "/etc/power-device-plugin/config.json", file_path,
-           "config.json (IBM format); a missing file means the defaults"),
+           "config.json (IBM format); nothing is advertised until it exists and is valid"),
     Option("--plugin-dir", "PDP_PLUGIN_DIR", "/var/lib/kubelet/device-plugins", directory_path,
            "the kubelet's device plugin directory (holds kubelet.sock)"),
     Option("--dev-root", "PDP_DEV_ROOT", "/dev", directory_path,
            "where the host's /dev is visible"),
     Option("--sys-root", "PDP_SYS_ROOT", "/sys", directory_path,
            "where the host's /sys is visible"),
+    Option("--host-proc", "PDP_HOST_PROC", "/proc", directory_path,
+           "where the host's /proc is visible: its 1/mountinfo and swaps say which disks "
+           "the host uses (never granted)"),
     Option("--resource", "PDP_RESOURCE", DEFAULT_RESOURCE, resource_name,
            "extended resource name advertised to the kubelet"),
     Option("--socket-name", "PDP_SOCKET_NAME", DEFAULT_SOCKET_NAME, socket_name,
@@ -250,6 +257,10 @@ def scan_report(resource: str, snapshot: DeviceSnapshot, result: ScanResult) -> 
                 "verdict": c.verdict,
                 "rule": c.rule,
                 "reason": c.reason,
+                "kind": c.kind,
+                "rdev": f"{c.rdev[0]}:{c.rdev[1]}" if c.rdev is not None else "",
+                "identity": c.identity,
+                "problem": c.problem,
             }
             for c in result.candidates
         ],
@@ -260,7 +271,13 @@ def scan_table(report: Mapping[str, Any]) -> str:
     """The same report for people: candidates, then the IDs that would be advertised."""
     header = ("VERDICT", "HOST PATH", "RULE", "REASON")
     rows = [header] + [
-        (c["verdict"], c["host_path"], c["rule"], c["reason"]) for c in report["candidates"]
+        (
+            c["verdict"],
+            c["host_path"],
+            c["rule"],
+            c["reason"] + (f"; unhealthy: {c['problem']}" if c.get("problem") else ""),
+        )
+        for c in report["candidates"]
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = [
@@ -277,11 +294,14 @@ def run_scan(args: argparse.Namespace, out: TextIO) -> int:
     try:
         config, warnings = load_config(args.config)
     except ConfigError as error:
-        log.error("invalid config: %s", error)
+        log.error("cannot scan without a valid config: %s", error)
         return 2
     for warning in warnings:
         log.warning("%s", warning)
-    result = scan(config, args.dev_root, args.sys_root)
+    host_use = read_host_use(args.host_proc, args.sys_root)
+    if host_use.error:
+        log.warning("every block device is refused: %s", host_use.error)
+    result = scan(config, args.dev_root, args.sys_root, host_use)
     state = DeviceState()
     state.update(result, config)
     report = scan_report(args.resource, state.current(), result)
@@ -292,9 +312,26 @@ def run_scan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Watching:
+    """The running watchers, for the probes and for shutdown."""
+
+    configs: ConfigWatcher
+    devices: DeviceWatcher
+    threads: tuple[threading.Thread, ...]
+
+    def not_ready(self) -> str | None:
+        """Why nothing can be advertised yet: no valid config has been read."""
+        if self.configs.current() is not None:
+            return None
+        error = self.configs.last_error
+        why = f"{error}" if error is not None else f"{self.configs.path} not read yet"
+        return f"no valid config yet, nothing is advertised ({why})"
+
+
 def start_watchers(
     args: argparse.Namespace, state: DeviceState, metrics: PluginMetrics, stopping: threading.Event
-) -> list[threading.Thread]:
+) -> Watching:
     """First scan now (so the first ListAndWatch is complete), then watch in a thread."""
     from power_device_plugin.watch import ConfigWatcher, DeviceWatcher
 
@@ -302,25 +339,36 @@ def start_watchers(
         metrics.scan_duration.observe(seconds)
         metrics.record_snapshot(state.current())
 
-    configs = ConfigWatcher(args.config, on_error=lambda error: metrics.config_errors.inc())
+    metrics.config_loaded.set(0)
+    configs = ConfigWatcher(
+        args.config,
+        on_error=lambda error: metrics.config_errors.inc(),
+        on_change=lambda config, warnings: metrics.config_loaded.set(1),
+    )
     watcher = DeviceWatcher(
         state,
         configs,
         args.dev_root,
         args.sys_root,
+        args.host_proc,
         poll_interval=DEVICE_POLL_SECONDS,
         on_scan=on_scan,
+        on_config_refused=lambda error: metrics.config_errors.inc(),
     )
-    watcher.check()
+    try:
+        watcher.check()
+    except Exception:
+        # Fail closed: nothing is advertised, and the watcher tries again next round.
+        log.exception("first device scan failed; trying again in %.2fs", DEVICE_POLL_SECONDS)
     thread = threading.Thread(
         target=watcher.run, args=(stopping,), name="device-watch", daemon=True
     )
     thread.start()
-    return [thread]
+    return Watching(configs, watcher, (thread,))
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from power_device_plugin.health import HealthServer, Probes, parse_listen
+    from power_device_plugin.health import HealthServer, Probes, parse_listen, stalled
     from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
     from power_device_plugin.server import DevicePluginServicer
 
@@ -329,12 +377,24 @@ def run_serve(args: argparse.Namespace) -> int:
     log.info("power-device-plugin %s starting", __version__)
     metrics = PluginMetrics()
     state = DeviceState()
-    watchers = start_watchers(args, state, metrics, stopping)
+    watching = start_watchers(args, state, metrics, stopping)
     servicer = DevicePluginServicer(state, metrics, stopping)
     endpoint = Endpoint(args.plugin_dir, args.socket_name, args.resource)
     lifecycle = PluginLifecycle(endpoint, servicer, metrics, stopping)
+
+    def not_ready() -> str | None:
+        if not lifecycle.ready():
+            return watching.not_ready() or (
+                "not registered with the kubelet or no ListAndWatch stream"
+            )
+        return watching.not_ready()
+
+    def not_live() -> str | None:
+        return stalled((lifecycle.heartbeat, watching.devices.heartbeat))
+
+    probes = Probes(not_ready=not_ready, not_live=not_live)
     try:
-        health = HealthServer(parse_listen(args.listen), Probes(ready=lifecycle.ready), metrics)
+        health = HealthServer(parse_listen(args.listen), probes, metrics)
     except OSError as error:
         log.error("cannot listen on %s for /healthz, /readyz, /metrics: %s", args.listen, error)
         return 1
@@ -346,8 +406,8 @@ def run_serve(args: argparse.Namespace) -> int:
         stopping.set()
         state.close_subscriptions()
         health.stop()
-        for watcher in watchers:
-            watcher.join(timeout=1.0)
+        for thread in watching.threads:
+            thread.join(timeout=1.0)
     return 0
 
 

@@ -5,7 +5,8 @@ ConfigMaps (``nx-gzip``, ``permissions``, ``include-devices``, ``exclude-devices
 ``discovery-strategy``, ``scan-interval``, ``upper-limit``), plus ``grant-mode``.
 Every key is described in ``docs/configuration.md``.
 
-Parsing is pure (:func:`parse_config`); :func:`load_config` only reads the file.
+Parsing is pure (:func:`parse_config`); :func:`load_config` only reads the file,
+and a missing file is an error like any other (the plugin fails closed).
 Keeping the last good config when a new one is invalid is the watcher's job
 (``watch.ConfigWatcher``): here an invalid document is a :class:`ConfigError`
 that names the file, the field and the reason.
@@ -280,16 +281,37 @@ def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
         upper_limit=read.limit("upper-limit"),
         grant_mode=read.choice("grant-mode", GRANT_ALL, GRANT_MODES),
     )
-    return config, _unknown_key_warnings(doc, source)
+    warnings = _unknown_key_warnings(doc, source)
+    if config.upper_limit is not None and "grant-mode" not in doc:
+        warnings.append(upper_limit_without_grant_mode(source, config.upper_limit))
+    return config, warnings
+
+
+def upper_limit_without_grant_mode(source: str, limit: int) -> str:
+    """The warning for an ``upper-limit`` whose meaning depends on an unstated grant mode."""
+    return (
+        f"{source}: upper-limit {limit} is set without grant-mode, so grant-mode "
+        f"{GRANT_ALL!r} applies: {limit} units in total, each granting every selected "
+        f"device (IBM's per-device limit, as {limit} containers sharing the device set). "
+        f"With grant-mode {GRANT_PER_DEVICE!r} it would be {limit} units per device "
+        "(each device shared by at most that many containers). Set grant-mode to say which."
+    )
 
 
 def load_config(path: Path) -> tuple[PluginConfig, list[str]]:
-    """Read and parse the config file; a missing file means the defaults."""
+    """Read and parse the config file. Raises ConfigError, also for a missing file:
+    the plugin fails closed, so no file never means "the defaults" (which would
+    advertise every block device)."""
     source = str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return PluginConfig(), []
+        raise ConfigError(
+            source,
+            DOCUMENT_FIELD,
+            "does not exist; nothing is advertised until a valid config is there "
+            "(is the ConfigMap mounted, and does it have the key config.json?)",
+        ) from None
     except OSError as exc:
         raise ConfigError(source, DOCUMENT_FIELD, f"cannot be read: {exc.strerror}") from None
     try:

@@ -12,13 +12,32 @@ in tests and on ``/host/dev`` + ``/host/sys`` in the DaemonSet:
 Selection: with no ``include-devices`` every block device from sysfs is a
 candidate; with includes, only what the include globs match under dev-root is
 (block devices they miss are reported as excluded). ``nx-gzip`` adds
-``/dev/crypto/nx-gzip``. ``exclude-devices`` removes candidates whose host path,
-``/dev/mapper`` name or symlink target matches.
+``/dev/crypto/nx-gzip``.
 
-Only real device nodes are advertised: block or character special files under
-dev-root. Symlinks are followed (absolute targets in host terms, ``/dev/...``, are
-read relative to dev-root) and must stay inside dev-root. Everything else is
-refused and reported with the reason.
+Identity is the device number (``rdev``): however many names reach one device
+(``/dev/dm-1``, a ``/dev/mapper/mpatha`` link or a second real node made by
+``dmsetup mknodes``), it is advertised once, under the first name the config
+selected (include patterns in config order). ``exclude-devices`` matches any of
+those names, the ``/dev/mapper`` name and symlink targets included.
+
+Each found path is judged by these rules, first match wins:
+
+1. not matched by any include pattern: excluded (``include-devices``);
+2. any of its names on the built-in deny list (``host_use.denied_reason``):
+   refused, whatever the config;
+3. an exclude pattern matches one of its names: excluded;
+4. not a real device node inside dev-root (symlinks are followed, absolute
+   targets read in host terms, and must stay inside dev-root; a node or link
+   that vanishes mid-scan): refused;
+5. a block device the host uses (mounted, active swap, or in their chain; see
+   ``host_use``), or any block device when the host's use cannot be read: refused;
+6. a character device found by a glob: refused (character devices only when
+   named exactly, or ``nx-gzip``);
+7. a device already advertised under another name: excluded;
+8. otherwise advertised, with its identity and any health problem from sysfs.
+
+The scan never raises for what it finds on the trees: every filesystem race is a
+refused candidate.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import HOST_DEV_PREFIX, NX_GZIP_HOST_PATH, PluginConfig
+from .host_use import DeviceNumber, HostUse, denied_char_device, denied_reason
 
 ADVERTISED = "advertised"
 EXCLUDED = "excluded"
@@ -44,6 +64,14 @@ SOURCE_NX_GZIP = "nx-gzip"
 RULE_SYSFS = "sysfs block"
 RULE_NX_GZIP = "nx-gzip"
 RULE_NOT_INCLUDED = "include-devices"
+RULE_IN_USE = "in use"
+RULE_DENY_LIST = "built-in deny list"
+RULE_CHAR_BY_NAME = "character devices by exact name"
+
+VANISHED = "vanished during the scan"
+# device/state values of a SCSI or NVMe device that can do I/O.
+LIVE_DEVICE_STATES = ("running", "live")
+MULTIPATH_UUID_PREFIX = "mpath-"
 
 KIND_BLOCK = "block"
 KIND_CHAR = "char"
@@ -64,7 +92,7 @@ class Candidate:
     aliases: tuple[str, ...] = ()  # other host names: /dev/mapper/<name>, link target
     source: str = ""  # SOURCE_SYSFS | SOURCE_INCLUDE | SOURCE_NX_GZIP
     # The node's device number (major, minor); one unit per rdev, whichever names reach it.
-    rdev: tuple[int, int] | None = None
+    rdev: DeviceNumber | None = None
     # The device's own identity where sysfs has one ("dm-uuid:<uuid>", "wwid:<wwid>"),
     # so a minor number reused for another LUN gets a new ID; "" when there is none.
     identity: str = ""
@@ -120,6 +148,9 @@ def selected_by_config(
 class _BlockDevice:
     host_path: str
     aliases: tuple[str, ...]
+    entry: str = ""  # its directory in <sys-root>/block
+    disk_entry: str = ""  # the disk's directory (the parent for a partition)
+    rdev: DeviceNumber | None = None  # from its sysfs ``dev`` file
 
 
 def _read_text(path: str) -> str | None:
@@ -137,6 +168,19 @@ def _list_dir(path: str) -> list[str]:
         return []
 
 
+def parse_device_number(text: str | None) -> DeviceNumber | None:
+    """``"8:16"`` (a sysfs ``dev`` file) -> (8, 16); None when it is not that."""
+    major, sep, minor = (text or "").partition(":")
+    if not sep or not major.isdigit() or not minor.isdigit():
+        return None
+    return (int(major), int(minor))
+
+
+def _mapper_aliases(entry: str) -> tuple[str, ...]:
+    dm_name = _read_text(os.path.join(entry, "dm", "name"))
+    return (HOST_DEV_PREFIX + "mapper/" + dm_name,) if dm_name else ()
+
+
 def sysfs_block_devices(sys_root: Path) -> list[_BlockDevice]:
     """Disks, their partitions and dm devices listed in ``<sys-root>/block``."""
     block_dir = os.path.join(str(sys_root), "block")
@@ -145,17 +189,66 @@ def sysfs_block_devices(sys_root: Path) -> list[_BlockDevice]:
         entry = os.path.join(block_dir, name)
         # sysfs writes '/' in kernel names as '!' (cciss!c0d0 is /dev/cciss/c0d0).
         host_path = HOST_DEV_PREFIX + name.replace("!", "/")
-        aliases: tuple[str, ...] = ()
-        children = _list_dir(entry)
-        dm_name = _read_text(os.path.join(entry, "dm", "name")) if "dm" in children else None
-        if dm_name:
-            aliases = (HOST_DEV_PREFIX + "mapper/" + dm_name,)
-        found.append(_BlockDevice(host_path, aliases))
-        for child in children:
+        rdev = parse_device_number(_read_text(os.path.join(entry, "dev")))
+        found.append(_BlockDevice(host_path, _mapper_aliases(entry), entry, entry, rdev))
+        for child in _list_dir(entry):
             # Partitions are named after their disk (sda1 in sda); skip the attribute files.
-            if child.startswith(name) and os.path.isfile(os.path.join(entry, child, "partition")):
-                found.append(_BlockDevice(HOST_DEV_PREFIX + child.replace("!", "/"), ()))
+            part = os.path.join(entry, child)
+            if child.startswith(name) and os.path.isfile(os.path.join(part, "partition")):
+                part_rdev = parse_device_number(_read_text(os.path.join(part, "dev")))
+                host_part = HOST_DEV_PREFIX + child.replace("!", "/")
+                found.append(_BlockDevice(host_part, (), part, entry, part_rdev))
     return found
+
+
+def _sysfs_by_number(sys_root: Path, rdev: DeviceNumber) -> _BlockDevice | None:
+    """A block device's sysfs entry from ``<sys-root>/dev/block/M:m`` (for nodes found
+    by a glob whose device number ``<sys-root>/block`` did not list)."""
+    link = os.path.join(str(sys_root), "dev", "block", f"{rdev[0]}:{rdev[1]}")
+    if not os.path.isdir(link):
+        return None
+    entry = os.path.realpath(link)
+    name = os.path.basename(entry)
+    is_partition = os.path.isfile(os.path.join(entry, "partition"))
+    disk_entry = os.path.dirname(entry) if is_partition else entry
+    return _BlockDevice(
+        HOST_DEV_PREFIX + name.replace("!", "/"), _mapper_aliases(entry), entry, disk_entry, rdev
+    )
+
+
+def sysfs_identity(entry: str) -> str:
+    """The device's own identity where sysfs has one: ``dm-uuid:<uuid>``, ``wwid:<wwid>``."""
+    uuid = _read_text(os.path.join(entry, "dm", "uuid"))
+    if uuid:
+        return f"dm-uuid:{uuid}"
+    wwid = _read_text(os.path.join(entry, "device", "wwid"))
+    if wwid:
+        return f"wwid:{wwid}"
+    return ""
+
+
+def sysfs_problem(entry: str, disk_entry: str) -> str:
+    """Why a present block device is not fit for use, from sysfs; "" when healthy."""
+    state = _read_text(os.path.join(disk_entry or entry, "device", "state"))
+    if state is not None and state not in LIVE_DEVICE_STATES:
+        return f"device/state is {state}"
+    if _read_text(os.path.join(entry, "dm", "suspended")) == "1":
+        return "dm/suspended is 1"
+    if _read_text(os.path.join(entry, "size")) == "0":
+        return "size is 0"
+    uuid = _read_text(os.path.join(entry, "dm", "uuid")) or ""
+    if uuid.startswith(MULTIPATH_UUID_PREFIX):
+        slaves_dir = os.path.join(entry, "slaves")
+        slaves = _list_dir(slaves_dir)
+        if not slaves:
+            return "no live multipath path (the map has no paths)"
+        states = {s: _read_text(os.path.join(slaves_dir, s, "device", "state")) for s in slaves}
+        if not any(state in LIVE_DEVICE_STATES for state in states.values()):
+            paths = ", ".join(
+                f"{s} {state or 'has no device/state'}" for s, state in states.items()
+            )
+            return f"no live multipath path ({paths})"
+    return ""
 
 
 def _inside(path: str, root: str) -> bool:
@@ -178,6 +271,7 @@ class _Inspection:
     real_path: str  # resolved path under dev-root ("" when refused)
     kind: str
     refusal: str  # "" when the path is a usable device node
+    rdev: DeviceNumber | None = None
 
 
 def _refused(reason: str) -> _Inspection:
@@ -196,7 +290,13 @@ def _follow_links(path: str, dev_root: str) -> tuple[str, str]:
             return "", f"cannot be read: {exc.strerror}"
         if not stat.S_ISLNK(mode):
             return current, ""
-        target = os.readlink(current)
+        try:
+            target = os.readlink(current)
+        except FileNotFoundError:
+            # Removed between lstat and readlink (udev renaming, a map going away).
+            return "", VANISHED
+        except OSError as exc:
+            return "", f"cannot be read: {exc.strerror}"
         if target.startswith("/"):
             # Absolute links on the host point into the host's /dev, i.e. dev-root here.
             if not _inside(posixpath.normpath(target), "/dev"):
@@ -239,16 +339,19 @@ def inspect_node(
     if not _inside(real, dev_root_real):
         return _refused("symlink escapes dev-root")
     try:
-        mode = os.stat(real).st_mode
+        st = os.stat(real)
+    except FileNotFoundError:
+        return _refused(VANISHED)
     except OSError as exc:
         return _refused(f"cannot be read: {exc.strerror}")
-    if stat.S_ISBLK(mode):
-        return _Inspection(real, KIND_BLOCK, "")
-    if stat.S_ISCHR(mode):
-        return _Inspection(real, KIND_CHAR, "")
-    if stat.S_ISDIR(mode):
+    rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    if stat.S_ISBLK(st.st_mode):
+        return _Inspection(real, KIND_BLOCK, "", rdev)
+    if stat.S_ISCHR(st.st_mode):
+        return _Inspection(real, KIND_CHAR, "", rdev)
+    if stat.S_ISDIR(st.st_mode):
         return _refused("not a device node (directory)")
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(st.st_mode):
         return _refused("not a device node (regular file)")
     return _refused("not a device node")
 
@@ -260,6 +363,7 @@ class _Found:
     rule: str
     source: str
     aliases: tuple[str, ...] = ()
+    pattern: str = ""  # the include pattern that found it
 
 
 def _include_matches(config: PluginConfig, dev_root: str) -> list[_Found]:
@@ -271,13 +375,15 @@ def _include_matches(config: PluginConfig, dev_root: str) -> list[_Found]:
             # A literal path that is missing is worth a line in `scan`.
             matches = [to_dev_root_path(pattern, dev_root)]
         for match in matches:
-            found.append(
-                _Found(match, to_host_path(match, dev_root), f"include {pattern}", SOURCE_INCLUDE)
-            )
+            host_path = to_host_path(match, dev_root)
+            rule = f"include {pattern}"
+            found.append(_Found(match, host_path, rule, SOURCE_INCLUDE, pattern=pattern))
     return found
 
 
 def _found_things(config: PluginConfig, dev_root: str, blocks: list[_BlockDevice]) -> list[_Found]:
+    """Every path to judge, in the order that decides which name a device is granted
+    under: include patterns in config order, then sysfs, then nx-gzip."""
     found: list[_Found] = []
     if config.include_devices:
         found.extend(_include_matches(config, dev_root))
@@ -296,32 +402,83 @@ def _found_things(config: PluginConfig, dev_root: str, blocks: list[_BlockDevice
     return found
 
 
-def scan(config: PluginConfig, dev_root: Path, sys_root: Path) -> ScanResult:
-    """Every candidate device with its verdict; pure apart from reading the two trees."""
+# One physical device: its kind and number (block 8:0 and char 8:0 are different things).
+_DeviceKey = tuple[str, DeviceNumber]
+
+
+@dataclass(frozen=True)
+class _Looked:
+    """One found path after inspection, with what sysfs says about its device."""
+
+    item: _Found
+    inspection: _Inspection
+    names: tuple[str, ...]  # its own other names: sysfs aliases and link target
+    sysfs: _BlockDevice | None
+
+    @property
+    def key(self) -> _DeviceKey | None:
+        if self.inspection.rdev is None:
+            return None
+        return (self.inspection.kind, self.inspection.rdev)
+
+
+def _look(
+    item: _Found,
+    inspection: _Inspection,
+    dev_root_real: str,
+    sys_root: Path,
+    by_number: dict[DeviceNumber, _BlockDevice],
+) -> _Looked:
+    sysfs = None
+    if inspection.kind == KIND_BLOCK and inspection.rdev is not None:
+        sysfs = by_number.get(inspection.rdev) or _sysfs_by_number(sys_root, inspection.rdev)
+    names = list(item.aliases)
+    if inspection.real_path:
+        # Inside dev-root by now, so the host path is a plain prefix swap.
+        names.append("/dev" + inspection.real_path[len(dev_root_real.rstrip("/")) :])
+    if sysfs is not None:
+        names.extend((sysfs.host_path, *sysfs.aliases))
+    own = tuple(dict.fromkeys(n for n in names if n != item.host_path))
+    return _Looked(item, inspection, own, sysfs)
+
+
+def scan(config: PluginConfig, dev_root: Path, sys_root: Path, host_use: HostUse) -> ScanResult:
+    """Every candidate device with its verdict; pure apart from reading the two trees
+    (``host_use`` is what the host's mount table and swaps said, read by the caller)."""
     root = posixpath.normpath(str(dev_root))
     root_real = os.path.realpath(root)
     blocks = sysfs_block_devices(sys_root)
-    found = _found_things(config, root, blocks)
-    # dm devices found through an include glob still carry their /dev/mapper name.
-    sysfs_aliases = {
-        os.path.realpath(to_dev_root_path(b.host_path, root)): b.aliases
-        for b in blocks
-        if b.aliases
-    }
-    candidates: list[Candidate] = []
-    claimed: dict[str, str] = {}  # real path -> host path that advertised it first
+    by_number = {b.rdev: b for b in blocks if b.rdev is not None}
     real_dirs = _RealDirs()
-    for item in found:
-        inspection = inspect_node(item.path, root, root_real, real_dirs)
-        aliases = item.aliases or sysfs_aliases.get(inspection.real_path, ())
-        if inspection.real_path:
-            # Inside dev-root by now, so the host path is a plain prefix swap.
-            target_host = "/dev" + inspection.real_path[len(root_real.rstrip("/")) :]
-            if target_host != item.host_path and target_host not in aliases:
-                aliases = (*aliases, target_host)
-        verdict, rule, reason = _judge(config, item, inspection, aliases, claimed)
+    looked = [
+        _look(
+            item,
+            inspect_node(item.path, root, root_real, real_dirs),
+            root_real,
+            sys_root,
+            by_number,
+        )
+        for item in _found_things(config, root, blocks)
+    ]
+    # Every name seen reaching each device, so excludes and the deny list see them all.
+    names_of: dict[_DeviceKey, dict[str, None]] = {}
+    for one in looked:
+        if one.key is not None:
+            names_of.setdefault(one.key, {}).update(dict.fromkeys((one.item.host_path, *one.names)))
+    candidates: list[Candidate] = []
+    claimed: dict[_DeviceKey, str] = {}  # device -> host path that advertised it first
+    for one in looked:
+        item, inspection = one.item, one.inspection
+        all_names = names_of.get(one.key, {}) if one.key is not None else {}
+        aliases = tuple(dict.fromkeys(n for n in (*one.names, *all_names) if n != item.host_path))
+        verdict, rule, reason = _judge(config, one, aliases, host_use, claimed)
+        identity = problem = ""
         if verdict == ADVERTISED:
-            claimed[inspection.real_path] = item.host_path
+            assert one.key is not None  # an advertised path is a device node
+            claimed[one.key] = item.host_path
+            if one.sysfs is not None:
+                identity = sysfs_identity(one.sysfs.entry)
+                problem = sysfs_problem(one.sysfs.entry, one.sysfs.disk_entry)
         candidates.append(
             Candidate(
                 path=item.path,
@@ -332,6 +489,9 @@ def scan(config: PluginConfig, dev_root: Path, sys_root: Path) -> ScanResult:
                 kind=inspection.kind,
                 aliases=aliases,
                 source=item.source,
+                rdev=inspection.rdev,
+                identity=identity,
+                problem=problem,
             )
         )
     return ScanResult(tuple(candidates))
@@ -339,20 +499,52 @@ def scan(config: PluginConfig, dev_root: Path, sys_root: Path) -> ScanResult:
 
 def _judge(
     config: PluginConfig,
-    item: _Found,
-    inspection: _Inspection,
+    one: _Looked,
     aliases: tuple[str, ...],
-    claimed: dict[str, str],
+    host_use: HostUse,
+    claimed: dict[_DeviceKey, str],
 ) -> tuple[str, str, str]:
-    """(verdict, rule, reason) for one found path; exclusion is decided before refusal
-    so `scan` shows an operator's intent before the state of the node."""
+    """(verdict, rule, reason) for one found path, by the rules in the module docstring.
+
+    The deny list comes first because no config may override it; exclusion comes
+    before the state of the node so `scan` shows an operator's intent first."""
+    item, inspection = one.item, one.inspection
     if not item.rule:
         return EXCLUDED, RULE_NOT_INCLUDED, "not matched by any include-devices pattern"
+    for name in (item.host_path, *aliases):
+        denied = denied_reason(name)
+        if denied is not None:
+            return (
+                REFUSED,
+                RULE_DENY_LIST,
+                denied if name == item.host_path else f"{denied} ({name})",
+            )
     excluded_by = first_match(config.exclude_devices, (item.host_path, *aliases))
     if excluded_by is not None:
         return EXCLUDED, f"exclude {excluded_by}", "matched an exclude pattern"
     if inspection.refusal:
         return REFUSED, item.rule, inspection.refusal
-    if inspection.real_path in claimed:
-        return EXCLUDED, item.rule, f"same device as {claimed[inspection.real_path]}"
+    if inspection.kind == KIND_BLOCK:
+        if host_use.error:
+            return REFUSED, RULE_IN_USE, f"cannot tell whether the host uses it: {host_use.error}"
+        in_use = host_use.reason_for(inspection.rdev)
+        if in_use is not None:
+            return REFUSED, RULE_IN_USE, f"in use: {in_use}"
+    if inspection.kind == KIND_CHAR:
+        # A node of a kernel-internal number (mem, kmsg, a tty, kvm) under any name.
+        denied_number = denied_char_device(inspection.rdev) if inspection.rdev else None
+        if denied_number is not None:
+            return REFUSED, RULE_DENY_LIST, denied_number
+        if item.source == SOURCE_SYSFS:
+            return REFUSED, item.rule, "not a block device node (character device)"
+        if item.source == SOURCE_INCLUDE and glob.has_magic(item.pattern):
+            return (
+                REFUSED,
+                RULE_CHAR_BY_NAME,
+                f"character device matched by the glob {item.pattern}; name it exactly "
+                "in include-devices to grant it",
+            )
+    assert one.key is not None  # a usable device node has a number
+    if one.key in claimed:
+        return EXCLUDED, item.rule, f"same device as {claimed[one.key]}"
     return ADVERTISED, item.rule, f"{inspection.kind} device node"

@@ -1,8 +1,14 @@
 """The HTTP endpoint on `--listen`: `/healthz`, `/readyz` and `/metrics`.
 
-`/healthz` answers while the process can serve HTTP at all; `/readyz` only
-while the plugin is registered with the kubelet and the kubelet holds a
-ListAndWatch stream open (that is when the node advertises our devices).
+`/healthz` fails (503, naming the loop) when the kubelet lifecycle loop or the
+device watcher has not made progress for `STALL_SECONDS`: each beats a
+:class:`Heartbeat` once per round. `/readyz` is ready only when a valid config
+has been read, the plugin is registered with the kubelet and the kubelet holds
+a ListAndWatch stream open; otherwise its body says which is missing.
+
+The endpoint is reachable by anything on the pod network, so it is bounded: a
+connection that sends nothing is closed after `CONNECTION_TIMEOUT_SECONDS`, and
+beyond `MAX_CONNECTIONS` at once a connection gets a quick 503 and is closed.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from power_device_plugin.metrics import PluginMetrics
 
@@ -21,6 +29,41 @@ log = logging.getLogger(__name__)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How often the idle HTTP loop wakes to see whether stop() was asked for.
 SHUTDOWN_POLL_SECONDS = 1.0
+# A probe or a scrape is one short request; anything slower is a stuck or hostile client.
+CONNECTION_TIMEOUT_SECONDS = 5.0
+MAX_CONNECTIONS = 8
+# Both loops go round at least every few seconds (the longest wait is the kubelet
+# registration backoff, 5 s, plus a 3 s Register timeout); a minute without a
+# round means a loop is stuck, and the kubelet should restart the container.
+STALL_SECONDS = 60.0
+BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
+)
+
+
+class Heartbeat:
+    """When a loop last went round; the clock is injectable for tests."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._clock = clock
+        self._last = clock()
+
+    def beat(self) -> None:
+        self._last = self._clock()
+
+    def age(self) -> float:
+        """Seconds since the last beat."""
+        return self._clock() - self._last
+
+
+def stalled(heartbeats: Sequence[Heartbeat], bound: float = STALL_SECONDS) -> str | None:
+    """Which loops made no progress within ``bound`` seconds, in words; None if all did."""
+    late = [
+        f"{h.name} has made no progress for {h.age():.0f}s" for h in heartbeats if h.age() > bound
+    ]
+    return "; ".join(late) if late else None
 
 
 @dataclass(frozen=True)
@@ -50,21 +93,73 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress(host=host, port=int(port_text))
 
 
+def _fine() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Probes:
-    """What the endpoint asks the plugin; each returns True when the condition holds."""
+    """What the endpoint asks the plugin: each returns what is wrong, or None when fine."""
 
-    ready: Callable[[], bool]
+    not_ready: Callable[[], str | None]
+    not_live: Callable[[], str | None] = field(default=_fine)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``MAX_CONNECTIONS`` of them; the rest get a
+    canned 503 and are closed at once, without a thread."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY_REPLY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _IPv6Server(_BoundedServer):
+    address_family = socket.AF_INET6
 
 
 class HealthServer:
     """Serves the three endpoints from a daemon thread until `stop()`."""
 
-    def __init__(self, address: ListenAddress, probes: Probes, metrics: PluginMetrics) -> None:
-        handler = _handler_class(probes, metrics)
-        server_class = _IPv6Server if ":" in address.host else ThreadingHTTPServer
-        self._server = server_class((address.host, address.port), handler)
-        self._server.daemon_threads = True
+    def __init__(
+        self,
+        address: ListenAddress,
+        probes: Probes,
+        metrics: PluginMetrics,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout: float = CONNECTION_TIMEOUT_SECONDS,
+    ) -> None:
+        handler = _handler_class(probes, metrics, timeout)
+        server_class = _IPv6Server if ":" in address.host else _BoundedServer
+        self._server = server_class((address.host, address.port), handler, max_connections)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
@@ -85,22 +180,28 @@ class HealthServer:
         self._server.server_close()
 
 
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _handler_class(probes: Probes, metrics: PluginMetrics) -> type[BaseHTTPRequestHandler]:
+def _handler_class(
+    probes: Probes, metrics: PluginMetrics, connection_timeout: float
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # StreamRequestHandler applies this to the socket: a silent client is cut off.
+        timeout = connection_timeout
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            text = "text/plain; charset=utf-8"
             if path == "/healthz":
-                self._reply(200, b"ok\n", "text/plain; charset=utf-8")
-            elif path == "/readyz":
-                if probes.ready():
-                    self._reply(200, b"ready\n", "text/plain; charset=utf-8")
+                problem = probes.not_live()
+                if problem is None:
+                    self._reply(200, b"ok\n", text)
                 else:
-                    body = b"not ready: not registered with the kubelet or no ListAndWatch stream\n"
-                    self._reply(503, body, "text/plain; charset=utf-8")
+                    self._reply(503, f"unhealthy: {problem}\n".encode(), text)
+            elif path == "/readyz":
+                problem = probes.not_ready()
+                if problem is None:
+                    self._reply(200, b"ready\n", text)
+                else:
+                    self._reply(503, f"not ready: {problem}\n".encode(), text)
             elif path == "/metrics":
                 self._reply(200, metrics.exposition(), PROMETHEUS_CONTENT_TYPE)
             else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from power_device_plugin.api import API_VERSION, KUBELET_SOCKET_NAME, pb, rpc
+from power_device_plugin.health import Heartbeat
 from power_device_plugin.metrics import PluginMetrics
 from power_device_plugin.server import DevicePluginServicer, add_servicer
 
@@ -101,6 +102,8 @@ class PluginLifecycle:
         self._metrics = metrics
         self._stopping = stopping
         self._registered = threading.Event()
+        # Beaten on every turn of every wait below; /healthz fails when it stops.
+        self.heartbeat = Heartbeat("kubelet lifecycle loop")
         self._executor = ThreadPoolExecutor(max_workers=SERVER_THREADS, thread_name_prefix="grpc")
 
     def ready(self) -> bool:
@@ -113,6 +116,7 @@ class PluginLifecycle:
         failures = 0
         try:
             while not self._stopping.is_set():
+                self.heartbeat.beat()
                 try:
                     self._one_round()
                     failures = 0
@@ -182,6 +186,7 @@ class PluginLifecycle:
         delays = backoff_delays(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
         attempt = 0
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             kubelet = socket_signature(self.endpoint.kubelet_socket)
             error = self._try_register() if kubelet is not None else "no kubelet.sock yet"
             if error is None:
@@ -206,6 +211,7 @@ class PluginLifecycle:
             # or is replaced, and start over if our own socket was removed.
             deadline = time.monotonic() + delay
             while not self._stopping.wait(POLL_SECONDS):
+                self.heartbeat.beat()
                 if socket_signature(self.endpoint.socket_path) != own:
                     log.warning(
                         "plugin socket %s removed while registering", self.endpoint.socket_path
@@ -237,6 +243,7 @@ class PluginLifecycle:
     def _watch(self, own: SocketSignature | None, kubelet: SocketSignature) -> str | None:
         """Poll both sockets; the reason to start again, or None when stopping."""
         while not self._stopping.wait(POLL_SECONDS):
+            self.heartbeat.beat()
             if socket_signature(self.endpoint.socket_path) != own:
                 return f"plugin socket {self.endpoint.socket_path} was removed"
             if socket_signature(self.endpoint.kubelet_socket) != kubelet:

@@ -46,7 +46,14 @@ class PluginMetrics:
         )
         self.config_errors = Counter(
             "pdp_config_errors",
-            "Config files refused as invalid (the last good config was kept).",
+            "Config files refused: missing, unreadable or invalid (the last good config, "
+            "if any, was kept).",
+            registry=self.registry,
+        )
+        self.config_loaded = Gauge(
+            "pdp_config_loaded",
+            "1 once a valid config has been read (later errors keep it), 0 while none has: "
+            "nothing is advertised until then.",
             registry=self.registry,
         )
         self.scan_duration = Histogram(

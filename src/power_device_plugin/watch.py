@@ -3,7 +3,7 @@
 Interface (what the lifecycle uses)::
 
     configs = ConfigWatcher(config_path, on_error=..., on_change=...)
-    watcher = DeviceWatcher(state, configs, dev_root, sys_root, on_scan=...)
+    watcher = DeviceWatcher(state, configs, dev_root, sys_root, host_proc, on_scan=...)
     watcher.check()                                   # first scan, synchronous
     threading.Thread(target=watcher.run, args=(stop_event,), daemon=True).start()
 
@@ -18,14 +18,25 @@ disappearing changes its directory's mtime. The watched directories are
 directories the include globs point into; ``<sys-root>/block`` is compared by
 its list of names, because sysfs does not keep directory mtimes up to date.
 
+The host's use of its disks is part of what is polled, in every strategy: a
+digest of ``<host-proc>/1/mountinfo`` and ``<host-proc>/swaps`` (procfs keeps no
+useful mtimes), so a device mounted or swapped on later is withdrawn at the next
+round. Reading two small procfs files a few times a second is the idle cost.
+
 ``discovery-strategy``: ``default`` watches as above and also rescans fully every
 ``scan-interval`` as a safety net; ``time`` only rescans every ``scan-interval``
-(no signature polling of the device trees; the config is still polled).
+(no signature polling of the device trees; the config and the host's mount
+table are still polled).
 
+Fail closed: until a valid config has been read, nothing is scanned and nothing
+is advertised; the log says why at start and every ``NO_CONFIG_LOG_SECONDS``.
 The config file is watched by the stat signature of the path it resolves to, so
 both a plain rewrite and a ConfigMap update (``config.json -> ..data/config.json``
-with ``..data`` swapped to a new directory) are seen. An invalid new config is
-reported through ``on_error`` and the last good one is kept.
+with ``..data`` swapped to a new directory) are seen. A file that becomes invalid
+or is deleted is reported through ``on_error`` and the last good config is kept.
+
+A round that raises leaves the signatures unset, so the next round (one poll
+interval later, not one scan interval) scans again.
 """
 
 from __future__ import annotations
@@ -42,12 +53,18 @@ from pathlib import Path
 from typing import Protocol
 
 from .config import STRATEGY_TIME, ConfigError, PluginConfig, load_config
-from .devices import DeviceState
+from .devices import DeviceState, capacity_problem
 from .discovery import ScanResult, scan, to_dev_root_path
+from .health import Heartbeat
+from .host_use import HostUse, read_host_use
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL_SECONDS = 0.25
+# How often "no valid config yet" is repeated in the log: visible, not every tick.
+NO_CONFIG_LOG_SECONDS = 60.0
+# The host mount table of a busy node is some tens of KiB; bound what one poll reads.
+MAX_PROC_BYTES_HASHED = 4 << 20
 # Directories whose nodes the defaults can advertise even without include globs.
 ALWAYS_WATCHED_HOST_DIRS = ("/dev", "/dev/mapper", "/dev/crypto")
 
@@ -108,8 +125,33 @@ def device_signature(config: PluginConfig, dev_root: Path, sys_root: Path) -> Si
     return (dirs, block_names)
 
 
+def host_use_signature(host_proc: Path) -> Signature:
+    """Digests of the host's mount table and swaps: they change when anything is
+    mounted, unmounted, or swapped on or off."""
+    digests: list[Hashable] = []
+    for name in ("1/mountinfo", "swaps"):
+        try:
+            with open(os.path.join(str(host_proc), name), "rb") as handle:
+                digests.append(hashlib.sha256(handle.read(MAX_PROC_BYTES_HASHED)).digest())
+        except OSError:
+            digests.append(None)
+    return tuple(digests)
+
+
+def describe_config(config: PluginConfig) -> str:
+    """The parts of a config that decide what is advertised, for log lines."""
+    includes = ", ".join(config.include_devices) or "every block device"
+    excludes = ", ".join(config.exclude_devices) or "none"
+    return (
+        f"include-devices: {includes}; exclude-devices: {excludes}; "
+        f"nx-gzip: {str(config.nx_gzip).lower()}; grant-mode: {config.grant_mode}"
+    )
+
+
 class ConfigSource(Protocol):
-    def current(self) -> PluginConfig: ...
+    last_error: ConfigError | None
+
+    def current(self) -> PluginConfig | None: ...
 
     def poll(self) -> bool: ...
 
@@ -117,10 +159,11 @@ class ConfigSource(Protocol):
 class StaticConfig:
     """A config that never changes (for `scan` and tests)."""
 
-    def __init__(self, config: PluginConfig) -> None:
+    def __init__(self, config: PluginConfig | None) -> None:
         self._config = config
+        self.last_error: ConfigError | None = None
 
-    def current(self) -> PluginConfig:
+    def current(self) -> PluginConfig | None:
         return self._config
 
     def poll(self) -> bool:
@@ -130,9 +173,10 @@ class StaticConfig:
 class ConfigWatcher:
     """Holds the last good config of a file and reloads it when the file changes.
 
-    ``on_error(error)`` is called once per bad version of the file (with the file,
-    field and reason in the ConfigError); ``on_change(config, warnings)`` when a
-    new good config is applied, including the first load.
+    ``current()`` is None until a valid config has been read. ``on_error(error)``
+    is called once per bad version of the file, a missing file included (with the
+    file, field and reason in the ConfigError); ``on_change(config, warnings)`` when
+    a new good config is applied, including the first load.
     """
 
     def __init__(
@@ -145,13 +189,13 @@ class ConfigWatcher:
         self._on_error = on_error
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._config = PluginConfig()
+        self._config: PluginConfig | None = None
         self.warnings: list[str] = []
         self.last_error: ConfigError | None = None
         self._signature: Signature | None = None
         self.poll()
 
-    def current(self) -> PluginConfig:
+    def current(self) -> PluginConfig | None:
         with self._lock:
             return self._config
 
@@ -166,21 +210,28 @@ class ConfigWatcher:
             config, warnings = load_config(self.path)
         except ConfigError as error:
             self.last_error = error
-            log.error("%s; keeping the last good config", error)
+            kept = self.current()
+            if kept is None:
+                log.error("%s; no valid config yet: advertising nothing", error)
+            else:
+                log.error("%s; keeping the last good config (%s)", error, describe_config(kept))
             if self._on_error is not None:
                 self._on_error(error)
             return False
         self.last_error = None
         with self._lock:
-            if config == self._config and not first_load:
+            if config == self._config:
                 return False
+            first_config = self._config is None
             self._config = config
             self.warnings = warnings
         for warning in warnings:
             log.warning("%s", warning)
+        log.info("config %s applied: %s", self.path, describe_config(config))
         if self._on_change is not None:
             self._on_change(config, warnings)
-        return not first_load
+        # The first good config at start is not a change: the first scan reads it anyway.
+        return not (first_load and first_config)
 
 
 class DeviceWatcher:
@@ -195,28 +246,47 @@ class DeviceWatcher:
         config: ConfigSource,
         dev_root: Path,
         sys_root: Path,
+        host_proc: Path,
         poll_interval: float = DEFAULT_POLL_INTERVAL_SECONDS,
         on_scan: Callable[[ScanResult, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_config_refused: Callable[[ConfigError], None] | None = None,
     ) -> None:
         self.state = state
+        self._on_config_refused = on_config_refused
+        # The config the current snapshot was built under (None before the first scan).
+        self.applied: PluginConfig | None = None
+        self._refused: PluginConfig | None = None
         self.config = config
         self.dev_root = dev_root
         self.sys_root = sys_root
+        self.host_proc = host_proc
         self.poll_interval = poll_interval
         self._on_scan = on_scan
         self._clock = clock
         self._signature: Signature | None = None
         self._next_full_scan: float | None = None
+        self._next_no_config_log: float | None = None
         self.last_result: ScanResult | None = None
+        # Beaten once per round of run(); /healthz fails when it stops.
+        self.heartbeat = Heartbeat("device watcher", clock)
 
     def _rescan(self, config: PluginConfig, now: float) -> bool:
         started = time.perf_counter()
-        result = scan(config, self.dev_root, self.sys_root)
+        host_use = read_host_use(self.host_proc, self.sys_root)
+        result = scan(config, self.dev_root, self.sys_root, host_use)
+        if config != self.applied:
+            config, result = self._capacity_checked(config, result, host_use)
         seconds = time.perf_counter() - started
         self.last_result = result
-        self._next_full_scan = now + config.scan_interval_seconds
         changed = self.state.update(result, config)
+        self.applied = config
+        # Only after a scan that worked: a failed one is tried again next round.
+        self._next_full_scan = now + config.scan_interval_seconds
+        expiry = self.state.next_expiry()
+        if expiry is not None:
+            # A vanished device leaves the list when its time is up, not a scan-interval later.
+            self._next_full_scan = min(self._next_full_scan, expiry)
         if self._on_scan is not None:
             self._on_scan(result, seconds)
         if changed:
@@ -227,22 +297,61 @@ class DeviceWatcher:
             )
         return changed
 
+    def _capacity_checked(
+        self, config: PluginConfig, result: ScanResult, host_use: HostUse
+    ) -> tuple[PluginConfig, ScanResult]:
+        """A new config whose units would not fit one ListAndWatch message is refused:
+        the last applied one stays (rescanned under it), or, with none, nothing is advertised."""
+        problem = capacity_problem(config, len(result.advertised()))
+        if problem is None:
+            return config, result
+        error = ConfigError(str(getattr(self.config, "path", "config")), "upper-limit", problem)
+        self.config.last_error = error
+        if config != self._refused:
+            # Counted once per refused config, though every rescan checks it again
+            # (fewer devices later may make it fit).
+            self._refused = config
+            if self._on_config_refused is not None:
+                self._on_config_refused(error)
+        kept = self.applied
+        if kept is None:
+            log.error("%s; no config applied yet: advertising nothing", error)
+            return config, ScanResult(())
+        log.error("%s; keeping the last applied config (%s)", error, describe_config(kept))
+        return kept, scan(kept, self.dev_root, self.sys_root, host_use)
+
+    def _no_config_yet(self, now: float) -> None:
+        """Fail closed, and say so now and then (ConfigWatcher logs each bad version)."""
+        if self._next_no_config_log is None:
+            self._next_no_config_log = now + NO_CONFIG_LOG_SECONDS
+            return
+        if now >= self._next_no_config_log:
+            self._next_no_config_log = now + NO_CONFIG_LOG_SECONDS
+            error = self.config.last_error
+            log.error(
+                "still no valid config (%s): advertising nothing",
+                error if error is not None else "none read yet",
+            )
+
     def check(self) -> bool:
         """One round: True if the advertised list changed."""
         now = self._clock()
         config_changed = self.config.poll()
         config = self.config.current()
-        due = self._next_full_scan is None or now >= self._next_full_scan
-        if config.discovery_strategy == STRATEGY_TIME:
-            if config_changed or due:
-                return self._rescan(config, now)
+        if config is None:
+            self._no_config_yet(now)
             return False
+        due = self._next_full_scan is None or now >= self._next_full_scan
         # Taken before the scan, so a change during the scan shows up next round.
-        signature = device_signature(config, self.dev_root, self.sys_root)
-        if config_changed or due or signature != self._signature:
-            self._signature = signature
-            return self._rescan(config, now)
-        return False
+        signature: Signature = (host_use_signature(self.host_proc),)
+        if config.discovery_strategy != STRATEGY_TIME:
+            signature += (device_signature(config, self.dev_root, self.sys_root),)
+        if not (config_changed or due or signature != self._signature):
+            return False
+        self._signature = None
+        changed = self._rescan(config, now)
+        self._signature = signature
+        return changed
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; a failing round is logged and the next one tried."""
@@ -251,4 +360,5 @@ class DeviceWatcher:
                 self.check()
             except Exception:
                 log.exception("device watch round failed; retrying in %.2fs", self.poll_interval)
+            self.heartbeat.beat()
             stop.wait(self.poll_interval)

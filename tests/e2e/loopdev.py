@@ -25,7 +25,8 @@ import grp
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -206,3 +207,27 @@ def stat_mode(path: str) -> int | None:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         return None
+
+
+@contextmanager
+def mounted_file_system(device: LoopDevice, mount_point: Path) -> Iterator[Path]:
+    """ext4 made on the device and mounted on this machine (the host) at `mount_point`,
+    unmounted on the way out whatever happens. Overwrites the device's marker."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    for command in (
+        ["mkfs.ext4", "-q", "-F", device.path],
+        ["mount", device.path, str(mount_point)],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise LoopDeviceError(f"{' '.join(command)}: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        unmount(mount_point)
+
+
+def unmount(mount_point: Path) -> None:
+    """Unmount if mounted (a second call is harmless)."""
+    if os.path.ismount(mount_point):
+        subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)

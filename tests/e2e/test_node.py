@@ -12,10 +12,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.loopdev import LoopDevice, LoopDevices
+from tests.e2e.loopdev import LoopDevice, LoopDevices, mounted_file_system, unmount
 from tests.e2e.node import (
     HEALTHY,
     UNHEALTHY,
@@ -258,3 +259,46 @@ def test_sigterm_stops_the_plugin_cleanly_and_removes_its_socket(
     assert exit_code == 0, node.plugin_logs()[-2000:]
     assert took <= SIGTERM_EXIT_SECONDS, f"docker stop took {took:.2f} s"
     assert not node.socket_path.exists()
+
+
+def test_a_loop_device_carrying_a_mounted_file_system_is_never_advertised_nor_granted(
+    node: Node, loops: LoopDevices, tmp_path: Path
+) -> None:
+    devices = [loops.create(i) for i in range(3)]
+    in_use = devices[1]
+    with mounted_file_system(in_use, tmp_path / "mnt") as mount_point:
+        node.write_config(plugin_config(loops.glob, []))
+        node.start()
+        node.kubelet.wait_for_registration(timeout=START_TIMEOUT)
+        listed = node.wait_for_list(lambda d: len(healthy(d)) == 2, timeout=START_TIMEOUT)
+        ids = node.ids_by_path(listed)
+        assert set(ids) == {devices[0].path, devices[2].path}, node.plugin_logs()[-3000:]
+        # Nothing the kubelet may allocate grants it: every advertised unit, all at once.
+        granted = node.allocate(sorted(healthy(listed)))
+        assert in_use.path not in {d.host_path for d in granted.devices}
+        time.sleep(1.0)  # a few watcher rounds: still not advertised
+        assert in_use.path not in node.ids_by_path(node.kubelet.lists()[-1])
+
+        unmounting_at = time.monotonic()  # before: the plugin may see it before umount returns
+        unmount(mount_point)
+        after, _ = node.first_list_after(unmounting_at, lambda d: len(healthy(d)) == 3)
+    assert in_use.path in node.ids_by_path(after)
+
+
+def test_a_missing_config_at_start_grants_nothing_until_the_config_map_appears(
+    node: Node, loops: LoopDevices, daemonset: Mapping[str, Any]
+) -> None:
+    devices = [loops.create(i) for i in range(2)]
+    node.start()  # no config written: the ConfigMap key is missing
+    node.kubelet.wait_for_registration(timeout=START_TIMEOUT)
+    assert node.wait_for_list(lambda d: True, timeout=START_TIMEOUT) == {}
+    container = e2e_manifest.plugin_container(daemonset)
+    path, port = e2e_manifest.http_probe_target(container, "readinessProbe")
+    assert node.plugin_http_status(path, port) == 503
+    time.sleep(1.0)  # a few watcher rounds: still nothing
+    assert all(lst == {} for lst in node.kubelet.lists()), node.kubelet.lists()
+    assert "no valid config yet" in node.plugin_logs()
+
+    node.write_config(plugin_config(loops.glob, []))
+    listed = node.wait_for_list(lambda d: len(healthy(d)) == 2, timeout=START_TIMEOUT)
+    assert set(node.ids_by_path(listed)) == {d.path for d in devices}

@@ -34,7 +34,8 @@ CONFIG = f"{MOUNT}/config.json"
 CHAR_NODE = "pdp-char0"
 BLOCK_NODE = "pdp-block0"
 ESCAPING_LINK = "pdp-escape"
-SCAN_CONFIG = {"include-devices": ["/dev/pdp-*"]}
+# A character node is taken only when named exactly; a glob brings block nodes.
+SCAN_CONFIG = {"include-devices": ["/dev/pdp-*", "/dev/pdp-char0"]}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -125,7 +126,8 @@ def fake_host(tmp_path_factory: pytest.TempPathFactory) -> FakeHost:
     outside = tree / "outside"
     for directory in (dev, outside, tree / "sys" / "block"):
         directory.mkdir(parents=True)
-    os.mknod(dev / CHAR_NODE, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    # 240: a char major for local use (1:3 is /dev/null, which the deny list refuses by number).
+    os.mknod(dev / CHAR_NODE, 0o600 | stat.S_IFCHR, os.makedev(240, 3))
     os.mknod(dev / BLOCK_NODE, 0o600 | stat.S_IFBLK, os.makedev(7, 250))
     # The link's target is itself a device node: only escaping dev-root can refuse it.
     os.mknod(outside / "pdp-outside0", 0o600 | stat.S_IFCHR, os.makedev(1, 3))

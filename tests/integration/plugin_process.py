@@ -1,8 +1,10 @@
 """The real plugin as a subprocess on a fake node: device trees, config, plugin dir.
 
 Reusable by the node end-to-end suite: `FakeNode` builds `<root>/dev` and
-`<root>/sys` with real device nodes (os.mknod, needs root) and `start_plugin`
-runs `python -m power_device_plugin serve` against them.
+`<root>/sys` with real device nodes (os.mknod, needs root), and `<root>/proc`
+with a host mount table of its own (so a loop device of this machine that
+happens to be mounted cannot collide with a fake node's device numbers), and
+`start_plugin` runs `python -m power_device_plugin serve` against them.
 """
 
 from __future__ import annotations
@@ -38,10 +40,34 @@ class FakeNode:
         self.dev = self.root / "dev"
         self.sys = self.root / "sys"
         self.plugin_dir = self.root / "dp"
+        self.proc = self.root / "proc"
         self.config = self.root / "config.json"
-        for directory in (self.dev, self.sys / "block", self.plugin_dir):
+        for directory in (self.dev, self.sys / "block", self.plugin_dir, self.proc / "1"):
             directory.mkdir(parents=True)
+        self._mounts: list[str] = []
+        self._write_mounts()
+        (self.proc / "swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n")
         self._minor = 0
+
+    def _write_mounts(self) -> None:
+        lines = ["22 1 0:21 / /proc rw,relatime - proc proc rw", *self._mounts]
+        scratch = self.proc / "1" / "mountinfo.tmp"
+        scratch.write_text("\n".join(lines) + "\n")
+        scratch.replace(self.proc / "1" / "mountinfo")
+
+    def mount(self, name: str, mount_point: str) -> None:
+        """The host mounting `<dev>/<name>` at `mount_point` (a line in its mountinfo)."""
+        rdev = os.stat(self.dev / name).st_rdev
+        number = f"{os.major(rdev)}:{os.minor(rdev)}"
+        self._mounts.append(f"{40 + len(self._mounts)} 1 {number} / {mount_point} rw - ext4 x rw")
+        self._write_mounts()
+
+    def unmount_all(self) -> None:
+        self._mounts.clear()
+        self._write_mounts()
+
+    def remove_config(self) -> None:
+        self.config.unlink()
 
     def device(self, name: str) -> Path:
         """A block device node `<dev>/<name>` (host path /dev/<name>)."""
@@ -145,6 +171,7 @@ def start_plugin(
         f"--plugin-dir={node.plugin_dir}",
         f"--dev-root={node.dev}",
         f"--sys-root={node.sys}",
+        f"--host-proc={node.proc}",
         f"--config={node.config}",
         f"--socket-name={socket_name}",
         f"--listen=127.0.0.1:{port}",

@@ -308,3 +308,59 @@ def test_a_missing_plugin_directory_is_waited_for_not_fatal(
     with KubeletStub(node.plugin_dir) as kubelet:
         kubelet.wait_for_registration(timeout=5)
         kubelet.wait_for_list(lambda d: len(d) == 1, timeout=3)
+
+
+def test_a_missing_config_at_start_advertises_nothing_until_a_valid_one_appears(
+    node: FakeNode, kubelet: KubeletStub, plugin_factory: Callable[..., PluginProcess]
+) -> None:
+    node.device("fake0")
+    node.remove_config()
+    process = plugin_factory()
+    kubelet.wait_for_registration(timeout=10)
+    assert kubelet.wait_for_list(lambda d: True, timeout=5) == {}
+    status, body = process.http_get("/readyz")
+    assert status == 503
+    assert "no valid config yet" in body and "does not exist" in body
+    _, metrics = process.http_get("/metrics")
+    assert metric(metrics, "pdp_config_loaded") == 0
+    assert metric(metrics, "pdp_config_errors_total") == 1
+    assert "no valid config yet: advertising nothing" in process.log()
+
+    node.write_config({"include-devices": ["/dev/fake*"], "grant-mode": "per-device"})
+    devices = kubelet.wait_for_list(lambda d: len(d) == 1, timeout=3)
+    assert set(devices.values()) == {HEALTHY}
+    process.wait_http("/readyz", 200, timeout=3)
+    _, metrics = process.http_get("/metrics")
+    assert metric(metrics, "pdp_config_loaded") == 1
+
+
+def test_a_config_deleted_while_running_keeps_the_last_good_one(
+    node: FakeNode, kubelet: KubeletStub, plugin: PluginProcess
+) -> None:
+    node.device("fake0")
+    kubelet.wait_for_registration(timeout=10)
+    kubelet.wait_for_list(lambda d: len(d) == 1, timeout=5)
+    node.remove_config()
+    deadline = time.monotonic() + 3
+    while "keeping the last good config" not in plugin.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "does not exist; nothing is advertised until" in plugin.log()
+    assert "keeping the last good config (include-devices: /dev/fake*" in plugin.log()
+    node.device("fake1")  # still served with the last good config
+    kubelet.wait_for_list(lambda d: len(d) == 2, timeout=2)
+    plugin.wait_http("/readyz", 200, timeout=3)
+
+
+def test_a_device_the_host_mounts_is_withdrawn_and_returns_once_unmounted(
+    node: FakeNode, kubelet: KubeletStub, plugin: PluginProcess
+) -> None:
+    node.device("fake0")
+    node.device("fake1")
+    kubelet.wait_for_registration(timeout=10)
+    first = kubelet.wait_for_list(lambda d: len(d) == 2 and UNHEALTHY not in d.values(), timeout=5)
+    node.mount("fake1", "/var/lib/containers")
+    withdrawn = kubelet.wait_for_list(lambda d: list(d.values()).count(HEALTHY) == 1, timeout=2)
+    assert len([i for i, h in withdrawn.items() if h == HEALTHY]) == 1
+    node.unmount_all()
+    back = kubelet.wait_for_list(lambda d: list(d.values()).count(HEALTHY) == 2, timeout=2)
+    assert set(back) == set(first)

@@ -1,8 +1,8 @@
 """Least privilege, asserted on the rendered DaemonSet of both entry points.
 
 Each property is its own test, so a regression names exactly what was lost.
-The plugin needs the device plugin directory (read-write), the host's /dev and
-/sys (read-only) and its config; nothing else.
+The plugin needs the device plugin directory (read-write), the host's /dev,
+/sys and /proc (read-only) and its config; nothing else.
 """
 
 from __future__ import annotations
@@ -93,11 +93,30 @@ def test_no_kubernetes_api_access(pod_spec: dict[str, Any], plugin_objects: list
     assert not manifests.objects_of_kind(plugin_objects, "RoleBinding")
 
 
-def test_host_paths_are_only_the_plugin_directory_dev_and_sys(pod_spec: dict[str, Any]) -> None:
+def test_host_paths_are_only_the_plugin_directory_dev_sys_and_proc(
+    pod_spec: dict[str, Any],
+) -> None:
     host_paths = sorted(
         volume["hostPath"]["path"] for volume in pod_spec["volumes"] if "hostPath" in volume
     )
-    assert host_paths == ["/dev", "/sys", "/var/lib/kubelet/device-plugins"]
+    assert host_paths == ["/dev", "/proc", "/sys", "/var/lib/kubelet/device-plugins"]
+
+
+def test_the_host_proc_is_mounted_read_only_once_without_host_pid(
+    pod_spec: dict[str, Any], container: dict[str, Any]
+) -> None:
+    volumes = {volume["name"]: volume for volume in pod_spec["volumes"]}
+    proc_mounts = [
+        mount
+        for mount in container["volumeMounts"]
+        if volumes[mount["name"]].get("hostPath", {}).get("path") == "/proc"
+    ]
+    assert len(proc_mounts) == 1
+    (mount,) = proc_mounts
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    assert mount.get("mountPropagation", "None") == "None"
+    assert pod_spec.get("hostPID", False) is False
 
 
 def test_only_the_device_plugin_directory_is_mounted_writable(

@@ -107,11 +107,15 @@ def test_the_cli_check_would_catch_a_flag_the_plugin_does_not_have(serve_help: s
     ]
 
 
-def test_host_dev_and_sys_are_mounted_read_only_where_the_flags_point(
+def test_host_dev_sys_and_proc_are_mounted_read_only_where_the_flags_point(
     pod_spec: dict[str, Any], container: dict[str, Any]
 ) -> None:
     flags = _flag_values(container["args"])
-    for flag, host_path in (("--dev-root", "/dev"), ("--sys-root", "/sys")):
+    for flag, host_path in (
+        ("--dev-root", "/dev"),
+        ("--sys-root", "/sys"),
+        ("--host-proc", "/proc"),
+    ):
         mount = _mount_for(pod_spec, container, flags[flag])
         assert mount["mountPath"] == flags[flag]
         assert mount["volume"]["hostPath"]["path"] == host_path
@@ -201,11 +205,16 @@ def test_the_plugin_run_with_the_daemonset_flags_and_config_advertises_only_dm_d
         os.mknod(dev / name, stat.S_IFBLK | 0o660, os.makedev(250, minor))
         (sys_root / "block" / name).mkdir(parents=True)
         (sys_root / "block" / name / "dev").write_text(f"250:{minor}\n")
+    proc = tmp_path / "proc"
+    (proc / "1").mkdir(parents=True)
+    (proc / "1" / "mountinfo").write_text("22 1 0:21 / /proc rw - proc proc rw\n")
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n")
     config = tmp_path / "config.json"
     config.write_text(_shipped_config(plugin_objects, container))
     # The DaemonSet's own flags, then the paths of this fake node (later flags win).
     args = ["scan", *container["args"][1:], "--output", "json"]
     args += ["--dev-root", str(dev), "--sys-root", str(sys_root), "--config", str(config)]
+    args += ["--host-proc", str(proc)]
     done = _run_plugin(*args)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

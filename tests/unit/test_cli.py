@@ -19,6 +19,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert args.plugin_dir == Path("/var/lib/kubelet/device-plugins")
     assert args.dev_root == Path("/dev")
     assert args.sys_root == Path("/sys")
+    assert args.host_proc == Path("/proc")
     assert args.resource == "power-dev-plugin/dev"
     assert args.socket_name == "power-dev.csi.ibm.com-reg.sock"
     assert args.listen == ":8080"
@@ -33,6 +34,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("--plugin-dir", "PDP_PLUGIN_DIR", "/p", "plugin_dir", Path("/p")),
         ("--dev-root", "PDP_DEV_ROOT", "/host/dev", "dev_root", Path("/host/dev")),
         ("--sys-root", "PDP_SYS_ROOT", "/host/sys", "sys_root", Path("/host/sys")),
+        ("--host-proc", "PDP_HOST_PROC", "/host/proc", "host_proc", Path("/host/proc")),
         ("--resource", "PDP_RESOURCE", "example.com/disk", "resource", "example.com/disk"),
         ("--socket-name", "PDP_SOCKET_NAME", "x.sock", "socket_name", "x.sock"),
         ("--listen", "PDP_LISTEN", "127.0.0.1:9100", "listen", "127.0.0.1:9100"),
@@ -126,18 +128,31 @@ def _fake_tree(tmp_path: Path) -> tuple[Path, Path]:
     os.mknod(dev / "sda", stat.S_IFBLK | 0o660, os.makedev(8, 0))
     (sys_root / "block" / "sdb").mkdir()
     (dev / "sdb").write_text("a regular file, not a device node")
+    os.mknod(dev / "sdc", stat.S_IFBLK | 0o660, os.makedev(8, 32))
+    (sys_root / "block" / "sdc").mkdir()
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "mountinfo").write_text(
+        "27 1 8:32 / /sysroot rw,relatime - xfs /dev/sdc rw\n"
+    )
+    (tmp_path / "proc" / "swaps").write_text("Filename Type Size Used Priority\n")
+    (tmp_path / "config.json").write_text("{}")
     return dev, sys_root
+
+
+def _scan_flags(tmp_path: Path) -> list[str]:
+    return [
+        f"--dev-root={tmp_path / 'dev'}",
+        f"--sys-root={tmp_path / 'sys'}",
+        f"--host-proc={tmp_path / 'proc'}",
+        f"--config={tmp_path / 'config.json'}",
+    ]
 
 
 def test_scan_json_reports_devices_and_every_candidate_with_its_verdict(
     tmp_path: Path,
 ) -> None:
-    dev, sys_root = _fake_tree(tmp_path)
-    args = cli.parse_args(
-        ["scan", "--output", "json", f"--dev-root={dev}", f"--sys-root={sys_root}",
-         f"--config={tmp_path / 'missing.json'}"],
-        {},
-    )  # fmt: skip
+    dev, _ = _fake_tree(tmp_path)
+    args = cli.parse_args(["scan", "--output", "json", *_scan_flags(tmp_path)], {})
     out = io.StringIO()
     assert cli.run_scan(args, out) == 0
     report = json.loads(out.getvalue())
@@ -145,18 +160,44 @@ def test_scan_json_reports_devices_and_every_candidate_with_its_verdict(
     assert [d["health"] for d in report["devices"]] != []
     assert set(report["devices"][0]) == {"id", "health"}
     verdicts = {c["host_path"]: c["verdict"] for c in report["candidates"]}
-    assert verdicts == {"/dev/sda": "advertised", "/dev/sdb": "refused"}
+    assert verdicts == {"/dev/sda": "advertised", "/dev/sdb": "refused", "/dev/sdc": "refused"}
     for candidate in report["candidates"]:
-        assert set(candidate) == {"path", "host_path", "verdict", "rule", "reason"}
+        assert set(candidate) == {
+            "path", "host_path", "verdict", "rule", "reason", "kind", "rdev", "identity", "problem"
+        }  # fmt: skip
     assert report["candidates"][0]["path"] == str(dev / "sda")
+    assert report["candidates"][0]["rdev"] == "8:0"
+
+
+def test_scan_names_the_in_use_rule_for_a_disk_mounted_on_the_host(tmp_path: Path) -> None:
+    _fake_tree(tmp_path)
+    args = cli.parse_args(["scan", "--output", "json", *_scan_flags(tmp_path)], {})
+    out = io.StringIO()
+    assert cli.run_scan(args, out) == 0
+    (sdc,) = [c for c in json.loads(out.getvalue())["candidates"] if c["host_path"] == "/dev/sdc"]
+    assert (sdc["verdict"], sdc["rule"], sdc["reason"]) == (
+        "refused",
+        "in use",
+        "in use: mounted at /sysroot",
+    )
+
+
+def test_scan_with_a_missing_config_exits_2_saying_the_file_does_not_exist(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fake_tree(tmp_path)
+    missing = tmp_path / "missing.json"
+    args = cli.parse_args(["scan", *_scan_flags(tmp_path), f"--config={missing}"], {})
+    out = io.StringIO()
+    with caplog.at_level(logging.ERROR):
+        assert cli.run_scan(args, out) == 2
+    assert f"{missing}: <document>: does not exist" in caplog.text
+    assert out.getvalue() == ""
 
 
 def test_scan_table_names_each_candidate_and_the_advertised_count(tmp_path: Path) -> None:
-    dev, sys_root = _fake_tree(tmp_path)
-    args = cli.parse_args(
-        ["scan", f"--dev-root={dev}", f"--sys-root={sys_root}", f"--config={tmp_path / 'none'}"],
-        {},
-    )
+    _fake_tree(tmp_path)
+    args = cli.parse_args(["scan", *_scan_flags(tmp_path)], {})
     out = io.StringIO()
     assert cli.run_scan(args, out) == 0
     table = out.getvalue()
@@ -205,7 +246,9 @@ def test_health_server_answers_on_ipv6_loopback() -> None:
     from power_device_plugin.metrics import PluginMetrics
 
     try:
-        server = HealthServer(parse_listen("[::1]:0"), Probes(ready=lambda: False), PluginMetrics())
+        server = HealthServer(
+            parse_listen("[::1]:0"), Probes(not_ready=lambda: "x"), PluginMetrics()
+        )
     except OSError as error:
         pytest.skip(f"no IPv6 loopback here: {error}")
     server.start()
@@ -213,4 +256,93 @@ def test_health_server_answers_on_ipv6_loopback() -> None:
         with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=2) as reply:
             assert reply.status == 200
     finally:
+        server.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_healthz_fails_naming_the_loop_that_stopped_making_progress() -> None:
+    from power_device_plugin.health import STALL_SECONDS, HealthServer, Heartbeat, Probes, stalled
+    from power_device_plugin.metrics import PluginMetrics
+
+    now = [100.0]
+    lifecycle = Heartbeat("kubelet lifecycle loop", clock=lambda: now[0])
+    watcher = Heartbeat("device watcher", clock=lambda: now[0])
+    probes = Probes(not_ready=lambda: None, not_live=lambda: stalled((lifecycle, watcher)))
+    server = HealthServer(parse_listen("127.0.0.1:0"), probes, PluginMetrics())
+    server.start()
+    try:
+        assert _get(server.port, "/healthz") == (200, "ok\n")
+        now[0] += STALL_SECONDS + 1
+        lifecycle.beat()
+        status, body = _get(server.port, "/healthz")
+        assert status == 503
+        assert "device watcher has made no progress for 61s" in body
+        assert "kubelet lifecycle loop" not in body
+        watcher.beat()
+        assert _get(server.port, "/healthz")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_readyz_body_says_why_it_is_not_ready() -> None:
+    from power_device_plugin.health import HealthServer, Probes
+    from power_device_plugin.metrics import PluginMetrics
+
+    probes = Probes(not_ready=lambda: "no valid config yet, nothing is advertised (x)")
+    server = HealthServer(parse_listen("127.0.0.1:0"), probes, PluginMetrics())
+    server.start()
+    try:
+        assert _get(server.port, "/readyz") == (
+            503,
+            "not ready: no valid config yet, nothing is advertised (x)\n",
+        )
+    finally:
+        server.stop()
+
+
+def test_health_server_answers_503_beyond_its_connection_bound_and_drops_idle_ones() -> None:
+    import socket
+
+    from power_device_plugin.health import HealthServer, Probes
+    from power_device_plugin.metrics import PluginMetrics
+
+    server = HealthServer(
+        parse_listen("127.0.0.1:0"),
+        Probes(not_ready=lambda: None),
+        PluginMetrics(),
+        max_connections=2,
+        timeout=0.5,
+    )
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        # Give the server the time to hand both idle connections to their threads.
+        extra = None
+        for _ in range(50):
+            extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            reply = extra.recv(200)
+            extra.close()
+            if reply.startswith(b"HTTP/1.1 503"):
+                break
+        assert reply.startswith(b"HTTP/1.1 503"), reply
+        assert b"too many connections" in reply
+        # The idle connections are closed by the server's timeout: recv sees EOF.
+        for connection in idle:
+            connection.settimeout(5)
+            assert connection.recv(100) == b""
+        assert _get(server.port, "/healthz")[0] == 200
+    finally:
+        for connection in idle:
+            connection.close()
         server.stop()

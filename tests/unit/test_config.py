@@ -20,10 +20,30 @@ def parse(doc: object) -> tuple[PluginConfig, list[str]]:
     return parse_config(json.dumps(doc), "/etc/power-device-plugin/config.json")
 
 
-def test_missing_file_means_defaults(tmp_path: Path) -> None:
-    config, warnings = load_config(tmp_path / "absent.json")
-    assert config == PluginConfig()
-    assert warnings == []
+def test_missing_file_is_an_error_naming_the_file_not_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "absent.json"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.path == str(path)
+    assert caught.value.field == "<document>"
+    assert "does not exist" in caught.value.reason
+    assert "nothing is advertised" in caught.value.reason
+
+
+def test_upper_limit_without_grant_mode_warns_how_it_maps_in_each_mode() -> None:
+    config, warnings = parse({"upper-limit": 8})
+    assert config.upper_limit == 8
+    (warning,) = warnings
+    assert "upper-limit 8 is set without grant-mode" in warning
+    assert "'all' applies: 8 units in total" in warning
+    assert "'per-device' it would be 8 units per device" in warning
+
+
+@pytest.mark.parametrize(
+    "doc", [{"upper-limit": 8, "grant-mode": "all"}, {"upper-limit": 0}, {"grant-mode": "all"}]
+)
+def test_upper_limit_with_grant_mode_or_unset_does_not_warn(doc: object) -> None:
+    assert parse(doc)[1] == []
 
 
 def test_defaults_are_ibm_semantics_with_rw_and_no_limit() -> None:

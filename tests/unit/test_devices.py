@@ -27,10 +27,11 @@ from power_device_plugin.devices import (
     device_id_for,
 )
 from power_device_plugin.discovery import ADVERTISED, SOURCE_SYSFS, Candidate, ScanResult, scan
+from power_device_plugin.host_use import HostUse
 
 
 def refresh(state: DeviceState, host: FakeHost, config: PluginConfig) -> bool:
-    return state.update(scan(config, host.dev, host.sys), config)
+    return state.update(scan(config, host.dev, host.sys, HostUse(in_use={})), config)
 
 
 def ids(snapshot: DeviceSnapshot) -> list[str]:

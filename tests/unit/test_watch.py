@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from power_device_plugin.config import ConfigError, PluginConfig
 from power_device_plugin.devices import DeviceState
 from power_device_plugin.discovery import ScanResult
 from power_device_plugin.watch import (
+    NO_CONFIG_LOG_SECONDS,
     ConfigWatcher,
     DeviceWatcher,
     StaticConfig,
@@ -71,10 +73,19 @@ def test_config_watcher_loads_the_file_at_start(tmp_path: Path) -> None:
     assert [c.permissions for c in recorder.changes] == ["r"]
 
 
-def test_config_watcher_uses_defaults_when_the_file_is_missing(tmp_path: Path) -> None:
-    watcher = ConfigWatcher(tmp_path / "config.json")
-    assert watcher.current() == PluginConfig()
+def test_config_watcher_has_no_config_while_the_file_is_missing(tmp_path: Path) -> None:
+    recorder = Recorder()
+    path = tmp_path / "config.json"
+    watcher = watcher_for(path, recorder)
+    assert watcher.current() is None
     assert watcher.poll() is False
+    (error,) = recorder.errors
+    assert (error.path, error.field) == (str(path), "<document>")
+    assert "does not exist" in error.reason
+    path.write_text('{"permissions": "r"}')
+    assert watcher.poll() is True
+    config = watcher.current()
+    assert config is not None and config.permissions == "r"
 
 
 def test_config_watcher_notices_a_plain_rewrite(tmp_path: Path) -> None:
@@ -118,34 +129,55 @@ def test_invalid_update_keeps_the_last_good_config_and_reports_once(tmp_path: Pa
     assert watcher.last_error is None
 
 
-def test_invalid_config_at_start_means_defaults_and_an_error(tmp_path: Path) -> None:
+def test_invalid_config_at_start_means_no_config_and_an_error(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text("{not json")
     recorder = Recorder()
     watcher = watcher_for(path, recorder)
-    assert watcher.current() == PluginConfig()
+    assert watcher.current() is None
     assert [e.field for e in recorder.errors] == ["<document>"]
 
 
-def test_removed_config_file_means_defaults_again(tmp_path: Path) -> None:
+def test_config_deleted_later_keeps_the_last_good_one_and_logs_what_was_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "config.json"
-    path.write_text('{"permissions": "r"}')
-    watcher = ConfigWatcher(path)
+    path.write_text('{"include-devices": ["/dev/dm-*"], "permissions": "r"}')
+    recorder = Recorder()
+    watcher = watcher_for(path, recorder)
     path.unlink()
-    assert watcher.poll() is True
-    assert watcher.current() == PluginConfig()
+    with caplog.at_level(logging.ERROR):
+        assert watcher.poll() is False
+    config = watcher.current()
+    assert config is not None
+    assert (config.include_devices, config.permissions) == (("/dev/dm-*",), "r")
+    (error,) = recorder.errors
+    assert "does not exist" in error.reason
+    assert str(path) in caplog.text
+    assert "keeping the last good config (include-devices: /dev/dm-*;" in caplog.text
+
+
+def test_config_made_invalid_later_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"include-devices": ["/dev/dm-*"]}')
+    watcher = ConfigWatcher(path)
+    path.write_text('{"include-devices": "/dev/dm-*"}')
+    assert watcher.poll() is False
+    config = watcher.current()
+    assert config is not None and config.include_devices == ("/dev/dm-*",)
+    assert watcher.last_error is not None and watcher.last_error.field == "include-devices"
 
 
 def test_watched_dirs_cover_dev_root_mapper_crypto_and_include_parents(tmp_path: Path) -> None:
     dev = tmp_path / "dev"
     (dev / "disk" / "by-id").mkdir(parents=True)
     (dev / "disk" / "by-path").mkdir(parents=True)
-    config = config_of(include_devices=["/dev/vfio/*", "/dev/disk/by-*/wwn-*"])
+    config = config_of(include_devices=["/dev/accel/*", "/dev/disk/by-*/wwn-*"])
     assert watched_dirs(config, dev) == [
         str(dev),
         str(dev / "mapper"),
         str(dev / "crypto"),
-        str(dev / "vfio"),
+        str(dev / "accel"),
         str(dev / "disk" / "by-id"),
         str(dev / "disk" / "by-path"),
     ]
@@ -180,7 +212,9 @@ class FakeClock:
 @pytest.fixture
 def running(host: FakeHost) -> Iterator[tuple[DeviceState, DeviceWatcher]]:
     state = DeviceState()
-    watcher = DeviceWatcher(state, StaticConfig(config_of()), host.dev, host.sys, poll_interval=0.2)
+    watcher = DeviceWatcher(
+        state, StaticConfig(config_of()), host.dev, host.sys, host.proc, poll_interval=0.2
+    )
     watcher.check()
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,))
@@ -214,7 +248,9 @@ def test_device_watcher_pushes_a_vanished_node_as_unhealthy(
     host.remove_disk("sdx")
     snapshot = subscription.wait(1.0)
     assert snapshot is not None
-    assert [d.health for d in snapshot.devices] == ["Unhealthy"]
+    # all mode advertises healthy devices only: the vanished one is kept on record.
+    assert snapshot.devices == ()
+    assert [(r.host_path, r.health) for r in snapshot.records] == [("/dev/sdx", "Unhealthy")]
 
 
 def test_device_watcher_rescans_when_the_config_changes(host: FakeHost, tmp_path: Path) -> None:
@@ -223,7 +259,7 @@ def test_device_watcher_rescans_when_the_config_changes(host: FakeHost, tmp_path
     path = tmp_path / "config.json"
     path.write_text("{}")
     state = DeviceState()
-    watcher = DeviceWatcher(state, ConfigWatcher(path), host.dev, host.sys)
+    watcher = DeviceWatcher(state, ConfigWatcher(path), host.dev, host.sys, host.proc)
     watcher.check()
     assert len(state.current().records) == 2
     path.write_text('{"exclude-devices": ["/dev/sdb"]}')
@@ -239,6 +275,7 @@ def test_device_watcher_does_not_rescan_when_nothing_changed(host: FakeHost) -> 
         StaticConfig(config_of()),
         host.dev,
         host.sys,
+        host.proc,
         on_scan=lambda result, seconds: scans.append(result),
         clock=FakeClock(),
     )
@@ -256,6 +293,7 @@ def test_device_watcher_rescans_fully_every_scan_interval(host: FakeHost) -> Non
         StaticConfig(config_of(scan_interval="30s")),
         host.dev,
         host.sys,
+        host.proc,
         on_scan=lambda result, seconds: scans.append(clock.now),
         clock=clock,
     )
@@ -275,6 +313,7 @@ def test_time_strategy_only_rescans_on_the_interval(host: FakeHost) -> None:
         StaticConfig(config_of(discovery_strategy="time", scan_interval="1m")),
         host.dev,
         host.sys,
+        host.proc,
         clock=clock,
     )
     watcher.check()
@@ -297,7 +336,7 @@ def test_a_failing_round_does_not_stop_the_watcher(host: FakeHost) -> None:
             return False
 
     watcher = DeviceWatcher(
-        DeviceState(), FlakyConfig(config_of()), host.dev, host.sys, poll_interval=0.01
+        DeviceState(), FlakyConfig(config_of()), host.dev, host.sys, host.proc, poll_interval=0.01
     )
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,))
@@ -315,9 +354,207 @@ def test_device_watcher_notices_a_node_in_a_directory_an_include_glob_points_int
 ) -> None:
     host.directory("/dev/vfio")
     state = DeviceState()
-    config = StaticConfig(config_of(include_devices=["/dev/vfio/*"]))
-    watcher = DeviceWatcher(state, config, host.dev, host.sys, clock=FakeClock())
+    config = StaticConfig(config_of(include_devices=["/dev/accel/*"]))
+    watcher = DeviceWatcher(state, config, host.dev, host.sys, host.proc, clock=FakeClock())
     watcher.check()
-    host.char_node("/dev/vfio/12")
+    host.block_node("/dev/accel/12")
     assert watcher.check() is True
-    assert [r.host_path for r in state.current().records] == ["/dev/vfio/12"]
+    assert [r.host_path for r in state.current().records] == ["/dev/accel/12"]
+
+
+def test_without_a_valid_config_nothing_is_scanned_nor_advertised(host: FakeHost) -> None:
+    host.disk("sda")
+    scans: list[ScanResult] = []
+    state = DeviceState()
+    watcher = DeviceWatcher(
+        state,
+        StaticConfig(None),
+        host.dev,
+        host.sys,
+        host.proc,
+        on_scan=lambda result, seconds: scans.append(result),
+        clock=FakeClock(),
+    )
+    assert watcher.check() is False
+    assert (scans, state.current().devices, watcher.last_result) == ([], (), None)
+
+
+def test_no_config_is_logged_again_only_after_the_reminder_interval(
+    host: FakeHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    configs = StaticConfig(None)
+    configs.last_error = ConfigError("/etc/c.json", "<document>", "does not exist")
+    watcher = DeviceWatcher(DeviceState(), configs, host.dev, host.sys, host.proc, clock=clock)
+    with caplog.at_level(logging.ERROR):
+        for _ in range(5):
+            watcher.check()
+            clock.now += 1
+        assert "still no valid config" not in caplog.text
+        clock.now += NO_CONFIG_LOG_SECONDS
+        watcher.check()
+        watcher.check()
+    reminders = [r for r in caplog.records if "still no valid config" in r.getMessage()]
+    assert len(reminders) == 1
+    assert "/etc/c.json: <document>: does not exist" in reminders[0].getMessage()
+
+
+def test_a_missing_config_at_start_advertises_nothing_until_the_file_appears(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    host.disk("sda")
+    path = tmp_path / "config.json"
+    state = DeviceState()
+    watcher = DeviceWatcher(state, ConfigWatcher(path), host.dev, host.sys, host.proc)
+    watcher.check()
+    assert state.current().devices == ()
+    path.write_text("{}")
+    assert watcher.check() is True
+    assert [r.host_path for r in state.current().records] == ["/dev/sda"]
+
+
+def test_a_device_mounted_later_is_withdrawn_at_the_next_round(host: FakeHost) -> None:
+    host.disk("sda")
+    host.disk("sdb")
+    state = DeviceState()
+    watcher = DeviceWatcher(
+        state, StaticConfig(config_of()), host.dev, host.sys, host.proc, clock=FakeClock()
+    )
+    watcher.check()
+    assert sorted(r.host_path for r in state.current().records) == ["/dev/sda", "/dev/sdb"]
+    host.mount("/dev/sdb", "/var/lib/kubelet")
+    watcher.check()
+    assert watcher.last_result is not None
+    assert [c.host_path for c in watcher.last_result.advertised()] == ["/dev/sda"]
+    host.unmount_all()
+    watcher.check()
+    assert sorted(c.host_path for c in watcher.last_result.advertised()) == ["/dev/sda", "/dev/sdb"]
+
+
+def test_the_time_strategy_still_notices_the_host_mount_table(host: FakeHost) -> None:
+    host.disk("sda")
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of(discovery_strategy="time", scan_interval="1h")),
+        host.dev,
+        host.sys,
+        host.proc,
+        clock=FakeClock(),
+    )
+    watcher.check()
+    host.mount("/dev/sda", "/")
+    watcher.check()
+    assert watcher.last_result is not None and watcher.last_result.advertised() == ()
+
+
+def test_a_failed_scan_is_retried_at_the_next_round_not_the_next_interval(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import watch
+
+    host.disk("sda")
+    real_scan = watch.scan
+    calls: list[int] = []
+
+    def failing_once(*args: Any) -> ScanResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("sysfs went away")
+        return real_scan(*args)
+
+    monkeypatch.setattr(watch, "scan", failing_once)
+    state = DeviceState()
+    watcher = DeviceWatcher(
+        state,
+        StaticConfig(config_of(scan_interval="1h")),
+        host.dev,
+        host.sys,
+        host.proc,
+        clock=FakeClock(),
+    )
+    with pytest.raises(OSError):
+        watcher.check()
+    assert watcher.check() is True
+    assert [r.host_path for r in state.current().records] == ["/dev/sda"]
+    # A round that failed later on is retried too, although nothing changed on the trees.
+    host.disk("sdb")
+    calls.clear()
+    with pytest.raises(OSError):
+        watcher.check()
+    assert watcher.check() is True
+    assert len(state.current().records) == 2
+
+
+def test_the_watcher_heartbeat_goes_round_with_the_loop(host: FakeHost) -> None:
+    clock = FakeClock()
+    watcher = DeviceWatcher(
+        DeviceState(), StaticConfig(config_of()), host.dev, host.sys, host.proc, clock=clock
+    )
+    clock.now += 500
+    assert watcher.heartbeat.age() == 500
+
+    class OneRound(threading.Event):
+        """Lets run() go round once, then stops it."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.set()
+            return True
+
+    watcher.run(OneRound())
+    assert watcher.heartbeat.age() == 0
+
+
+def over_the_cap(path: Path) -> None:
+    # 11 disks x 1000 units per device = 11000 units, over devices.MAX_UNITS (10000).
+    path.write_text(json.dumps({"grant-mode": "per-device", "upper-limit": 1000}))
+
+
+def test_a_first_config_whose_units_exceed_the_cap_advertises_nothing_and_names_the_field(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    for index in range(11):
+        host.disk(f"sd{chr(97 + index)}")
+    path = tmp_path / "config.json"
+    over_the_cap(path)
+    refused: list[ConfigError] = []
+    configs = ConfigWatcher(path)
+    watcher = DeviceWatcher(
+        DeviceState(), configs, host.dev, host.sys, host.proc, on_config_refused=refused.append
+    )
+    watcher.check()
+    assert watcher.state.current().devices == ()
+    assert [e.field for e in refused] == ["upper-limit"]
+    assert "11000 units, over the cap of 10000" in refused[0].reason
+    assert configs.last_error is refused[0]
+    watcher.check()  # nothing changed: not refused (counted) again
+    assert len(refused) == 1
+
+
+def test_a_later_config_over_the_cap_keeps_the_units_of_the_last_applied_one(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    for index in range(11):
+        host.disk(f"sd{chr(97 + index)}")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"grant-mode": "per-device", "upper-limit": 2}))
+    refused: list[ConfigError] = []
+    watcher = DeviceWatcher(
+        DeviceState(),
+        ConfigWatcher(path),
+        host.dev,
+        host.sys,
+        host.proc,
+        on_config_refused=refused.append,
+    )
+    watcher.check()
+    before = watcher.state.current().devices
+    assert len(before) == 22
+    over_the_cap(path)
+    watcher.check()
+    assert watcher.state.current().devices == before
+    assert watcher.applied is not None and watcher.applied.upper_limit == 2
+    assert [e.field for e in refused] == ["upper-limit"]
+    # Back under the cap: applied.
+    path.write_text(json.dumps({"grant-mode": "per-device", "upper-limit": 3}))
+    assert watcher.check() is True
+    assert len(watcher.state.current().devices) == 33
