@@ -314,9 +314,13 @@ def _count_is(count: int) -> Callable[[dict[str, str]], bool]:
     return lambda devices: len(devices) == count
 
 
-def list_seen(kubelet: KubeletStub, count: int, after: float, timeout: float = 60.0) -> float:
-    """When the newest connection first received a list of `count` units at or after `after`.
+def list_seen(
+    kubelet: KubeletStub, count: int | None, after: float, timeout: float = 60.0
+) -> float:
+    """When the newest connection first received a list at or after `after` (of `count` units).
 
+    `count` None takes any list: a removed device stays listed (Unhealthy) while the
+    config still selects it, so a removal shows as an update, not as a shorter list.
     The stand-in stamps each list as it arrives, so polling here adds no error.
     """
     deadline = time.monotonic() + timeout
@@ -324,10 +328,10 @@ def list_seen(kubelet: KubeletStub, count: int, after: float, timeout: float = 6
         connections = kubelet.connections
         if connections:
             for received_at, devices in list(connections[-1].lists):
-                if received_at >= after and len(devices) == count:
+                if received_at >= after and (count is None or len(devices) == count):
                     return received_at
         time.sleep(0.005)
-    raise TimeoutError(f"no list of {count} units within {timeout}s")
+    raise TimeoutError(f"no list of {count or 'any number of'} units within {timeout}s")
 
 
 def allocate_latency(
@@ -391,20 +395,57 @@ def reregistration(kubelet: KubeletStub, count: int, settings: Settings) -> floa
     return max(times)
 
 
+def granted_paths(stub: rpc.DevicePluginStub, unit: str) -> set[str]:
+    request = pb.AllocateRequest(
+        container_requests=[pb.ContainerAllocateRequest(devices_ids=[unit])]
+    )
+    response = stub.Allocate(request, timeout=5)
+    return {spec.host_path for spec in response.container_responses[0].devices}
+
+
+def removal_seen(
+    kubelet: KubeletStub, plugin: Plugin, mode: str, path: str, after: float, timeout: float = 15.0
+) -> float:
+    """When the plugin showed that `path` is gone.
+
+    per-device: the unit turns Unhealthy, so a new list arrives. all: the units
+    stay Healthy (the others still grant), so no list is due; the removal shows
+    in the answer: Allocate of a unit stops granting the path (polled every 10 ms).
+    """
+    if mode != "all":
+        return list_seen(kubelet, None, after, timeout)
+    channel = grpc.insecure_channel(f"unix://{plugin.socket_path}")
+    stub = rpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
+    unit = sorted(kubelet.lists()[-1])[0]
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if path not in granted_paths(stub, unit):
+                return time.monotonic()
+            new_list = [t for t, _ in list(kubelet.latest_connection().lists) if t >= after]
+            if new_list:
+                return new_list[0]
+            time.sleep(0.01)
+    finally:
+        channel.close()
+    raise TimeoutError(f"{path} still granted {timeout}s after its node was removed")
+
+
 def hotplug(
-    kubelet: KubeletStub, node: BenchNode, count: int, settings: Settings
+    kubelet: KubeletStub, node: BenchNode, plugin: Plugin, mode: str, settings: Settings
 ) -> dict[str, float]:
     added, removed = [], []
     for round_ in range(settings.hotplugs):
         index = settings.devices + round_  # a free dm minor, no paths
         created_at = time.monotonic()
         node.add_dm(index)
-        added.append(list_seen(kubelet, count + 1, created_at, timeout=15) - created_at)
-        time.sleep(0.3)
+        added.append(list_seen(kubelet, None, created_at, timeout=15) - created_at)
+        time.sleep(0.5)
         removed_at = time.monotonic()
         node.remove_dm(index)
-        removed.append(list_seen(kubelet, count, removed_at, timeout=15) - removed_at)
-        time.sleep(0.3)
+        seen = removal_seen(kubelet, plugin, mode, f"/dev/dm-{index}", removed_at)
+        removed.append(seen - removed_at)
+        time.sleep(0.5)
     return {"hotplug_add_s": max(added), "hotplug_remove_s": max(removed)}
 
 
@@ -448,7 +489,7 @@ def run_case(case: str, settings: Settings) -> dict[str, float]:
                     channel.close()
                     figures["rss_after_burst_mib"] = rss_mib(plugin.pid)
                     figures["reregistration_s"] = reregistration(kubelet, count, settings)
-                figures.update(hotplug(kubelet, node, count, settings))
+                figures.update(hotplug(kubelet, node, plugin, mode, settings))
                 figures["idle_cpu_percent"] = idle_cpu(plugin.pid, settings.idle_seconds)
                 figures["rss_end_mib"] = rss_mib(plugin.pid)
             except Exception:
