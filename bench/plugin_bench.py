@@ -123,6 +123,7 @@ UNITS = {
     "hotplug_add_s": "s",
     "hotplug_remove_s": "s",
     "threads": "",
+    "threads_after_burst": "",
 }
 
 
@@ -136,6 +137,8 @@ class Settings:
     idle_seconds: float
     image: str | None
     python: str
+    plugin_env: tuple[tuple[str, str], ...] = ()  # extra environment of the plugin
+    image_cpus: str | None = None  # docker --cpus; the DaemonSet's limit is 0.2
 
 
 # -- the process under test -----------------------------------------------------
@@ -216,8 +219,10 @@ class Plugin:
         command = [
             "docker", "run", "-d", "--network", "host",
             "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--memory", "128m", "--cpus", "0.2",
+            "--memory", "128m",
+            *(["--cpus", self.settings.image_cpus] if self.settings.image_cpus else []),
             "-e", "PYTHONDONTWRITEBYTECODE=1",
+            *[f"--env={k}={v}" for k, v in self.settings.plugin_env],
             "-v", f"{node.plugin_dir}:/var/lib/kubelet/device-plugins",
             "-v", f"{node.dev}:/host/dev:ro",
             "-v", f"{node.sys}:/host/sys:ro",
@@ -256,6 +261,7 @@ class Plugin:
             return started
         environment = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
         environment["PYTHONPATH"] = str(ROOT / "src")
+        environment.update(dict(self.settings.plugin_env))
         with self.log_path.open("wb") as log_file:
             started = time.monotonic()
             self.process = subprocess.Popen(
@@ -488,6 +494,7 @@ def run_case(case: str, settings: Settings) -> dict[str, float]:
                     figures.update(concurrent_allocates(stub, ids))
                     channel.close()
                     figures["rss_after_burst_mib"] = rss_mib(plugin.pid)
+                    figures["threads_after_burst"] = thread_count(plugin.pid)
                     figures["reregistration_s"] = reregistration(kubelet, count, settings)
                 figures.update(hotplug(kubelet, node, plugin, mode, settings))
                 figures["idle_cpu_percent"] = idle_cpu(plugin.pid, settings.idle_seconds)
@@ -531,9 +538,11 @@ def table(results: dict[str, dict[str, float]], settings: Settings) -> str:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    env = tuple(tuple(item.split("=", 1)) for item in args.plugin_env)
+    extra = {"plugin_env": env, "image_cpus": args.image_cpus}
     if args.quick:
-        return Settings(args.devices, 300, 50, 2, 1, 5.0, args.image, args.python)
-    return Settings(args.devices, 2000, 200, 5, 3, 20.0, args.image, args.python)
+        return Settings(args.devices, 300, 50, 2, 1, 5.0, args.image, args.python, **extra)
+    return Settings(args.devices, 2000, 200, 5, 3, 20.0, args.image, args.python, **extra)
 
 
 def main() -> int:
@@ -542,6 +551,16 @@ def main() -> int:
     parser.add_argument("--mode", choices=("all", "per-device", "both"), default="both")
     parser.add_argument("--san", action="store_true", help="also the SAN-node scale case")
     parser.add_argument("--image", help="run this plugin image (amd64) as the DaemonSet does")
+    parser.add_argument(
+        "--plugin-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the plugin (e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
+    parser.add_argument(
+        "--image-cpus", help="docker --cpus for --image (the DaemonSet's limit is 0.2)"
+    )
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
     parser.add_argument("--json-only", action="store_true")
     parser.add_argument(
@@ -565,6 +584,8 @@ def main() -> int:
         "devices": settings.devices,
         "quick": args.quick,
         "runner": f"image:{settings.image}" if settings.image else "venv",
+        "plugin_env": dict(settings.plugin_env),
+        "image_cpus": settings.image_cpus,
         **results,
         "goals": {case: GOALS[case] for case in results},
         "go_earlier": {case: GO_REFERENCE[case] for case in results},
