@@ -22,9 +22,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from power_device_plugin import __version__
+from power_device_plugin import __version__, cdi
 from power_device_plugin.config import ConfigError, load_config
-from power_device_plugin.devices import DeviceSnapshot, DeviceState
+from power_device_plugin.devices import DeviceSnapshot, DeviceState, GrantNaming
 from power_device_plugin.discovery import ScanResult, scan
 from power_device_plugin.host_use import read_host_use
 from power_device_plugin.metrics import PluginMetrics
@@ -65,6 +65,10 @@ def resource_name(text: str) -> str:
             f"{text!r}: name {name!r} must be at most 63 letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
         )
+    try:
+        cdi.cdi_kind_for(text)
+    except ValueError as error:
+        raise ValueError(f"{text!r} makes no CDI kind: {error}") from None
     return text
 
 
@@ -130,6 +134,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--host-proc", "PDP_HOST_PROC", "/proc", directory_path,
            "where the host's /proc is visible: its 1/mountinfo and swaps say which disks "
            "the host uses (never granted)"),
+    Option("--cdi-dir", "PDP_CDI_DIR", cdi.DEFAULT_CDI_DIR, directory_path,
+           "where the runtime reads CDI specs; the plugin keeps its own spec file there"),
     Option("--resource", "PDP_RESOURCE", DEFAULT_RESOURCE, resource_name,
            "extended resource name advertised to the kubelet"),
     Option("--socket-name", "PDP_SOCKET_NAME", DEFAULT_SOCKET_NAME, socket_name,
@@ -376,7 +382,10 @@ def run_serve(args: argparse.Namespace) -> int:
     install_stop_handlers(stopping)
     log.info("power-device-plugin %s starting", __version__)
     metrics = PluginMetrics()
-    state = DeviceState()
+    naming = GrantNaming(args.resource)
+    state = DeviceState(
+        naming=naming, before_publish=cdi_spec_writer(args.cdi_dir, naming.cdi_kind)
+    )
     watching = start_watchers(args, state, metrics, stopping)
     servicer = DevicePluginServicer(state, metrics, stopping)
     endpoint = Endpoint(args.plugin_dir, args.socket_name, args.resource)
@@ -408,7 +417,29 @@ def run_serve(args: argparse.Namespace) -> int:
         health.stop()
         for thread in watching.threads:
             thread.join(timeout=1.0)
+        remove_cdi_spec(args.cdi_dir, naming.cdi_kind)
     return 0
+
+
+def cdi_spec_writer(directory: Path, kind: str) -> Callable[[DeviceSnapshot], None]:
+    """Keeps the plugin's CDI spec file in line with each snapshot before it is published
+    (with ``cdi: off`` there is no CDI device, and the file is removed)."""
+
+    def write(snapshot: DeviceSnapshot) -> None:
+        written = cdi.keep_spec(directory, kind, snapshot.cdi_spec_devices(), snapshot.device_owner)
+        if written is not None:
+            log.debug("CDI spec %s holds %d devices", written, len(snapshot.cdi_spec_devices()))
+
+    return write
+
+
+def remove_cdi_spec(directory: Path, kind: str) -> None:
+    """A clean stop leaves no spec behind: its names would outlive the plugin."""
+    try:
+        if cdi.remove_spec(directory, kind):
+            log.info("removed the CDI spec from %s", directory)
+    except OSError as error:
+        log.error("cannot remove the CDI spec from %s: %s", directory, error)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

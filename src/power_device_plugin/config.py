@@ -18,9 +18,11 @@ import difflib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .cdi import CDI_DEFAULT_MODE, CDI_MODES, DeviceOwner, parse_device_owner
 
 GRANT_ALL = "all"
 GRANT_PER_DEVICE = "per-device"
@@ -70,6 +72,10 @@ class PluginConfig:
     scan_interval_seconds: float = DEFAULT_SCAN_INTERVAL_SECONDS
     upper_limit: int | None = None
     grant_mode: str = GRANT_ALL
+    # How a grant names its devices: DeviceSpecs, CDI names, or both (see cdi.py).
+    cdi: str = CDI_DEFAULT_MODE
+    # The owner and mode a granted node gets inside the container (CDI only).
+    device_owner: DeviceOwner = field(default_factory=DeviceOwner)
 
 
 def parse_permissions(value: str) -> str:
@@ -212,6 +218,16 @@ class _Reader:
                 patterns.append(pattern)
         return tuple(patterns)
 
+    def owner(self, key: str) -> DeviceOwner:
+        if key not in self.doc or self.doc[key] is None:
+            return DeviceOwner()
+        try:
+            return parse_device_owner(self.doc[key], field=key)
+        except ValueError as exc:
+            # The text starts with the member ("device-owner.uid: ...").
+            field, _, reason = str(exc).partition(": ")
+            raise self.error(field or key, reason or str(exc)) from None
+
     def limit(self, key: str) -> int | None:
         if key not in self.doc or self.doc[key] is None:
             return None
@@ -234,6 +250,8 @@ KNOWN_KEYS = (
     "scan-interval",
     "upper-limit",
     "grant-mode",
+    "cdi",
+    "device-owner",
 )
 
 
@@ -280,6 +298,8 @@ def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
         scan_interval_seconds=interval,
         upper_limit=read.limit("upper-limit"),
         grant_mode=read.choice("grant-mode", GRANT_ALL, GRANT_MODES),
+        cdi=read.choice("cdi", CDI_DEFAULT_MODE, CDI_MODES),
+        device_owner=read.owner("device-owner"),
     )
     warnings = _unknown_key_warnings(doc, source)
     if config.upper_limit is not None and "grant-mode" not in doc:

@@ -56,6 +56,7 @@ advertised, and it takes a unit back when the pod ends; nothing here counts
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -63,8 +64,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from . import cdi
 from .config import GRANT_ALL, PluginConfig
 from .discovery import Candidate, ScanResult, selected_by_config
+
+log = logging.getLogger(__name__)
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
@@ -110,6 +114,28 @@ class ContainerGrant:
     envs: Mapping[str, str] = field(default_factory=dict)
     mounts: tuple[MountGrant, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # Fully qualified CDI names (vendor/class=name) the runtime resolves from the spec.
+    cdi_devices: tuple[str, ...] = ()
+
+
+DEFAULT_RESOURCE = "power-dev-plugin/dev"
+# The CDI device that holds every healthy device: what an all-mode unit names.
+CDI_ALL_DEVICES = "all"
+
+
+@dataclass(frozen=True)
+class GrantNaming:
+    """How grants name what they hand out: derived from the resource once."""
+
+    resource: str = DEFAULT_RESOURCE
+
+    @property
+    def cdi_kind(self) -> str:
+        return cdi.cdi_kind_for(self.resource)
+
+    @property
+    def annotation_key(self) -> str:
+        return cdi.grant_annotation_key(self.resource)
 
 
 @dataclass(frozen=True)
@@ -163,11 +189,42 @@ def device_id_for(host_path: str, identity: str = "") -> str:
     return f"{readable or 'dev'}-{digest}"
 
 
-def _grant(records: Sequence[DeviceRecord], permissions: str) -> ContainerGrant:
-    """Host paths on both sides: the container sees each device where the host has it."""
-    return ContainerGrant(
-        devices=tuple(DeviceSpecGrant(r.host_path, r.host_path, permissions) for r in records)
+@dataclass(frozen=True)
+class _GrantStyle:
+    """What a snapshot's grants carry besides the device list (from config and naming)."""
+
+    permissions: str = "rw"
+    cdi_mode: str = cdi.CDI_OFF
+    cdi_kind: str = ""
+    annotation_key: str = ""
+
+
+def _grant(
+    records: Sequence[DeviceRecord], style: _GrantStyle, cdi_names: Sequence[str] = ()
+) -> ContainerGrant:
+    """Host paths on both sides: the container sees each device where the host has it
+    (the name the config selected). The same list is in the env and an annotation,
+    so the workload can tell what it got."""
+    paths = [r.host_path for r in records]
+    specs = () if style.cdi_mode == cdi.CDI_ONLY else paths
+    qualified = (
+        tuple(cdi.qualified_name(style.cdi_kind, n) for n in cdi_names)
+        if style.cdi_mode != cdi.CDI_OFF
+        else ()
     )
+    return ContainerGrant(
+        devices=tuple(DeviceSpecGrant(p, p, style.permissions) for p in specs),
+        envs=cdi.grant_env(paths) if paths else {},
+        annotations={style.annotation_key: ",".join(dict.fromkeys(paths))}
+        if paths and style.annotation_key
+        else {},
+        cdi_devices=qualified,
+    )
+
+
+def _cdi_names(records: Sequence[DeviceRecord]) -> list[str]:
+    """Per-device CDI names: a device is in the spec only with a device number."""
+    return [r.device_id for r in records if r.rdev is not None]
 
 
 # The sorted sources of a request's units: equal keys, equal grants.
@@ -197,6 +254,10 @@ class DeviceSnapshot:
     _whole_set_grant: ContainerGrant = field(
         default_factory=lambda: ContainerGrant(devices=()), repr=False, compare=False
     )
+    _style: _GrantStyle = field(default_factory=_GrantStyle, repr=False, compare=False)
+    # The owner granted nodes get inside the container (CDI).
+    device_owner: cdi.DeviceOwner = field(default_factory=cdi.DeviceOwner)
+    cdi_kind: str = ""
 
     def health_counts(self) -> dict[str, int]:
         """Physical devices by health (for metrics)."""
@@ -243,7 +304,40 @@ class DeviceSnapshot:
         """The grant for a key from :meth:`grant_key` of this snapshot."""
         if key == (_WHOLE_SET,):
             return self._whole_set_grant
-        return _grant([self.records[index] for index in key], self.permissions)
+        records = [self.records[index] for index in key]
+        return _grant(records, self._style, _cdi_names(records))
+
+    @property
+    def uses_cdi(self) -> bool:
+        """Whether grants name CDI devices (so the spec must be on disk first)."""
+        return self._style.cdi_mode != cdi.CDI_OFF
+
+    def cdi_spec_devices(self) -> tuple[cdi.CdiDevice, ...]:
+        """The CDI devices grants of this snapshot name: one per healthy device with a
+        number, plus, in all mode, ``all`` with every one of them."""
+        if not self.uses_cdi:
+            return ()
+        devices = [
+            cdi.CdiDevice(r.device_id, (self._cdi_node(r),))
+            for r in self.records
+            if not r.problem and r.rdev is not None
+        ]
+        if self.grant_mode == GRANT_ALL and devices:
+            nodes = tuple(d.nodes[0] for d in devices)
+            devices.append(cdi.CdiDevice(CDI_ALL_DEVICES, nodes))
+        return tuple(devices)
+
+    def _cdi_node(self, record: DeviceRecord) -> cdi.CdiNode:
+        assert record.rdev is not None
+        major, minor = record.rdev
+        return cdi.CdiNode(
+            container_path=record.host_path,
+            host_path=record.host_path,
+            kind=record.kind or "block",
+            major=major,
+            minor=minor,
+            permissions=self.permissions,
+        )
 
     def preferred(
         self, available: Sequence[str], must_include: Sequence[str], size: int
@@ -355,7 +449,11 @@ def capacity_problem(config: PluginConfig, device_count: int) -> str | None:
     )
 
 
-def build_snapshot(records: Sequence[DeviceRecord], config: PluginConfig) -> DeviceSnapshot:
+def build_snapshot(
+    records: Sequence[DeviceRecord],
+    config: PluginConfig,
+    naming: GrantNaming = GrantNaming(),
+) -> DeviceSnapshot:
     """Units for the records under the config's grant mode and upper-limit (pure).
 
     Never more than MAX_UNITS units; when the config asks for more, the snapshot
@@ -365,6 +463,12 @@ def build_snapshot(records: Sequence[DeviceRecord], config: PluginConfig) -> Dev
     unit_source: dict[str, int] = {}
     unit_problem: dict[str, str] = {}
     healthy = [r for r in records if not r.problem]
+    style = _GrantStyle(
+        permissions=config.permissions,
+        cdi_mode=config.cdi,
+        cdi_kind=naming.cdi_kind if config.cdi != cdi.CDI_OFF else "",
+        annotation_key=naming.annotation_key,
+    )
     capped = ""
     if config.grant_mode == GRANT_ALL:
         units = set_units(config, len(healthy))
@@ -403,7 +507,12 @@ def build_snapshot(records: Sequence[DeviceRecord], config: PluginConfig) -> Dev
         _healthy_unit_source={
             u: unit_source[u] for u, problem in unit_problem.items() if not problem
         },
-        _whole_set_grant=_grant(healthy, config.permissions),
+        _whole_set_grant=_grant(
+            healthy, style, [CDI_ALL_DEVICES] if any(r.rdev for r in healthy) else []
+        ),
+        _style=style,
+        device_owner=config.device_owner,
+        cdi_kind=style.cdi_kind,
     )
 
 
@@ -478,7 +587,9 @@ class Subscription:
         self.close()
 
 
-SnapshotBuilder = Callable[[Sequence[DeviceRecord], PluginConfig], DeviceSnapshot]
+SnapshotBuilder = Callable[[Sequence[DeviceRecord], PluginConfig, GrantNaming], DeviceSnapshot]
+# Called with a snapshot that names CDI devices before it is published (writes the spec).
+SpecWriter = Callable[[DeviceSnapshot], None]
 
 
 class DeviceState:
@@ -493,9 +604,15 @@ class DeviceState:
         self,
         clock: Callable[[], float] = time.monotonic,
         build: SnapshotBuilder = build_snapshot,
+        naming: GrantNaming = GrantNaming(),
+        before_publish: SpecWriter | None = None,
     ) -> None:
         self._clock = clock
         self._build = build
+        self._naming = naming
+        self._before_publish = before_publish
+        # Why the last snapshot's grants could not name CDI devices ("" when they could).
+        self.cdi_problem = ""
         # Held by readers (current, Allocate, subscribers) only for a reference swap.
         self._changed = threading.Condition(threading.Lock())
         # Serialises updates; held while merging and building, which may be slow.
@@ -519,7 +636,8 @@ class DeviceState:
         """
         with self._updating:
             records = merge_records(self._known, result, config, self._clock())
-            snapshot = self._build(records, config)
+            snapshot = self._build(records, config, self._naming)
+            snapshot = self._spec_written(snapshot, records, config)
             # Only update() replaces the snapshot, and updates are serialised.
             changed = snapshot.devices != self._snapshot.devices
             with self._changed:
@@ -529,6 +647,37 @@ class DeviceState:
                     self._changed.notify_all()
             self._known = {r.device_id: r for r in records}
             return changed
+
+    def _spec_written(
+        self, snapshot: DeviceSnapshot, records: Sequence[DeviceRecord], config: PluginConfig
+    ) -> DeviceSnapshot:
+        """Write the CDI spec of a snapshot before anyone can be granted its names.
+
+        When it cannot be written, grants must not name CDI devices the runtime
+        cannot resolve: with ``cdi: both`` they carry DeviceSpecs only; with
+        ``cdi: only`` nothing is advertised (fail closed)."""
+        if self._before_publish is None:
+            return snapshot
+        try:
+            self._before_publish(snapshot)
+        except Exception as error:  # an OSError, or anything the writer trips on
+            problem = f"CDI spec not written: {error}"
+            if problem != self.cdi_problem:
+                log.error("%s", problem)
+            self.cdi_problem = problem
+            if config.cdi == cdi.CDI_ONLY:
+                return replace(
+                    self._build([], config, self._naming),
+                    capped=f"{problem}; cdi is 'only', so no units are advertised",
+                )
+            return replace(
+                self._build(records, replace(config, cdi=cdi.CDI_OFF), self._naming),
+                capped=f"{problem}; grants carry DeviceSpecs only",
+            )
+        if self.cdi_problem:
+            log.info("CDI spec written again: grants name CDI devices")
+        self.cdi_problem = ""
+        return snapshot
 
     def next_expiry(self) -> float | None:
         """Clock reading at which the first vanished device is due to be dropped

@@ -64,6 +64,7 @@ def container_response(grant: ContainerGrant) -> pb.ContainerAllocateResponse:
             pb.Mount(container_path=container_path, host_path=host_path, read_only=read_only)
             for container_path, host_path, read_only in grant.mounts
         ],
+        cdi_devices=[pb.CDIDevice(name=name) for name in grant.cdi_devices],
     )
 
 

@@ -93,13 +93,19 @@ def test_no_kubernetes_api_access(pod_spec: dict[str, Any], plugin_objects: list
     assert not manifests.objects_of_kind(plugin_objects, "RoleBinding")
 
 
-def test_host_paths_are_only_the_plugin_directory_dev_sys_and_proc(
+def test_host_paths_are_only_the_plugin_directory_dev_sys_proc_and_the_cdi_directory(
     pod_spec: dict[str, Any],
 ) -> None:
     host_paths = sorted(
         volume["hostPath"]["path"] for volume in pod_spec["volumes"] if "hostPath" in volume
     )
-    assert host_paths == ["/dev", "/proc", "/sys", "/var/lib/kubelet/device-plugins"]
+    assert host_paths == [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/var/lib/kubelet/device-plugins",
+        "/var/run/cdi",
+    ]
 
 
 def test_the_host_proc_is_mounted_read_only_once_without_host_pid(
@@ -119,7 +125,7 @@ def test_the_host_proc_is_mounted_read_only_once_without_host_pid(
     assert pod_spec.get("hostPID", False) is False
 
 
-def test_only_the_device_plugin_directory_is_mounted_writable(
+def test_only_the_device_plugin_and_cdi_directories_are_mounted_writable(
     pod_spec: dict[str, Any], container: dict[str, Any]
 ) -> None:
     volumes = {volume["name"]: volume for volume in pod_spec["volumes"]}
@@ -128,7 +134,21 @@ def test_only_the_device_plugin_directory_is_mounted_writable(
         for mount in container["volumeMounts"]
         if not mount.get("readOnly", False)
     ]
-    assert writable == ["/var/lib/kubelet/device-plugins"]
+    assert writable == ["/var/lib/kubelet/device-plugins", "/var/run/cdi"]
+
+
+def test_the_cdi_directory_is_where_the_plugin_is_told_to_keep_its_spec(
+    pod_spec: dict[str, Any], container: dict[str, Any]
+) -> None:
+    volumes = {volume["name"]: volume for volume in pod_spec["volumes"]}
+    (mount,) = [
+        mount
+        for mount in container["volumeMounts"]
+        if volumes[mount["name"]].get("hostPath", {}).get("path") == "/var/run/cdi"
+    ]
+    assert "subPath" not in mount
+    assert mount.get("mountPropagation", "None") == "None"
+    assert f"--cdi-dir={mount['mountPath']}" in container["args"]
 
 
 def test_volumes_are_host_paths_and_the_config_map_only(pod_spec: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from power_device_plugin.devices import (
     DeviceSnapshot,
     DeviceSpecGrant,
     DeviceState,
+    GrantNaming,
     build_snapshot,
     capacity_problem,
     device_id_for,
@@ -651,10 +652,12 @@ def test_a_list_of_max_units_longest_ids_fits_one_grpc_message() -> None:
 def test_readers_are_answered_from_the_old_snapshot_while_an_update_builds() -> None:
     building, release = threading.Event(), threading.Event()
 
-    def slow_build(records: Sequence[DeviceRecord], config: PluginConfig) -> DeviceSnapshot:
+    def slow_build(
+        records: Sequence[DeviceRecord], config: PluginConfig, naming: GrantNaming
+    ) -> DeviceSnapshot:
         building.set()
         release.wait(10.0)
-        return build_snapshot(records, config)
+        return build_snapshot(records, config, naming)
 
     state = DeviceState(clock=FakeClock(), build=slow_build)
     updater = threading.Thread(
@@ -686,14 +689,16 @@ def test_concurrent_updates_build_one_at_a_time() -> None:
     most = [0]
     guard = threading.Lock()
 
-    def counting_build(records: Sequence[DeviceRecord], config: PluginConfig) -> DeviceSnapshot:
+    def counting_build(
+        records: Sequence[DeviceRecord], config: PluginConfig, naming: GrantNaming
+    ) -> DeviceSnapshot:
         with guard:
             running.append(1)
             most[0] = max(most[0], len(running))
         time.sleep(0.02)  # widen the window two unserialised builds would overlap in
         with guard:
             running.pop()
-        return build_snapshot(records, config)
+        return build_snapshot(records, config, naming)
 
     state = DeviceState(clock=FakeClock(), build=counting_build)
     threads = [
