@@ -255,6 +255,17 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
                 )
                 raise  # abort() raises; this keeps type checkers and readers sure of it
             responses.append(self._grants.container_wire(snapshot, key))
+            if log.isEnabledFor(logging.DEBUG):
+                grant = snapshot.grant_for(key)
+                log.debug(
+                    "Allocate container request %d: units %s granted %d device nodes, "
+                    "%d CDI devices, PDP_DEVICES=%s",
+                    index,
+                    list(container.devices_ids),
+                    len(grant.devices),
+                    len(grant.cdi_devices),
+                    grant.envs.get("PDP_DEVICES", ""),
+                )
         self._metrics.allocations.labels(result="ok").inc()
         return allocate_response_wire(responses)
 
