@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build_record, registry
+from pdp_pipeline.images import record as build_record
+from pdp_pipeline.images import registry
 
 pytestmark = pytest.mark.engine
 

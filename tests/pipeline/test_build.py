@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import build, build_context, build_record, buildx, runtime, tags, verify
+from pdp_pipeline.images import build, buildx, runtime, tags, verify
+from pdp_pipeline.images import context as build_context
+from pdp_pipeline.images import record as build_record
 from pdp_pipeline.platforms import PLATFORMS, by_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,14 +75,6 @@ def test_options_default_to_ubi9_the_local_registry_push_and_verify() -> None:
     assert options.provenance is None
 
 
-@pytest.mark.parametrize(
-    ("registry", "local"),
-    [("127.0.0.1:5000", True), ("localhost:5000", True), ("quay.io", False), ("ghcr.io/x", False)],
-)
-def test_only_a_loopback_registry_counts_as_local(registry: str, local: bool) -> None:
-    assert build.is_local_registry(registry) is local
-
-
 # --- buildx command lines ------------------------------------------------------------
 
 
@@ -137,26 +131,6 @@ def test_the_digest_comes_from_buildx_metadata() -> None:
     assert buildx.digest_from_metadata(metadata, "x") == DIGEST_A
     with pytest.raises(build_record.BuildError, match="no image digest for x"):
         buildx.digest_from_metadata({"buildx.build.ref": "y"}, "x")
-
-
-@pytest.mark.parametrize(
-    ("output", "retry"),
-    [
-        (
-            "#8 pushing layers\nERROR: failed to push 127.0.0.1:5000/pdp:v1-amd64:"
-            " unexpected status from PUT request: 500 Internal Server Error",
-            True,
-        ),
-        ("#9 exporting to image\n#9 pushing layers\nERROR: failed to do request: EOF", True),
-        (
-            "ERROR: failed to solve: failed to read dockerfile: open Containerfile: no such file",
-            False,
-        ),
-        ("ERROR: failed to solve: 127.0.0.1:5000/rt@sha256:00: not found", False),
-    ],
-)
-def test_only_push_failures_are_worth_a_retry(output: str, retry: bool) -> None:
-    assert buildx.is_push_failure(output) is retry
 
 
 # --- the wheel and the staged context ------------------------------------------------

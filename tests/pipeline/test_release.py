@@ -7,18 +7,15 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import (
-    provenance,
-    release,
-    release_options,
-    release_steps,
-    release_summary,
-    release_version,
-    signing,
-)
-from pdp_pipeline.build_record import ArchResult, BuildRecord
+from pdp_pipeline.images.record import ArchResult, BuildRecord
+from pdp_pipeline.images.runtime import RuntimeImage
 from pdp_pipeline.platforms import PLATFORMS
-from pdp_pipeline.runtime import RuntimeImage
+from pdp_pipeline.release import options as release_options
+from pdp_pipeline.release import provenance, signing
+from pdp_pipeline.release import run as release
+from pdp_pipeline.release import steps as release_steps
+from pdp_pipeline.release import summary as release_summary
+from pdp_pipeline.release import version as release_version
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 V123 = release_version.ReleaseVersion(1, 2, 3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import tags
+from pdp_pipeline.images import tags
 
 ROOT = Path(__file__).resolve().parents[2]
 

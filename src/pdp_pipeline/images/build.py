@@ -17,10 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline import build_context, buildx, registry, runtime, tags
-from pdp_pipeline.build_record import (
+from pdp_pipeline.images import buildx, registry, runtime, tags
+from pdp_pipeline.images import context as build_context
+from pdp_pipeline.images.record import (
     BUILD_DIR,
     ROOT,
     ArchResult,
@@ -29,11 +29,9 @@ from pdp_pipeline.build_record import (
     record_path,
     save_record,
 )
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
-Log = Callable[[str], None]
-
-BASES = ("ubi9", "debian")
 CONTAINERFILE = Path("containers") / "Containerfile"
 
 
@@ -62,14 +60,11 @@ class BuildOptions:
             tags.check_tag(self.tag)
 
 
-def is_local_registry(registry_addr: str) -> bool:
-    """True for this host's registry, which `invoke setup` brings up."""
-    return registry_addr.split("/", 1)[0].rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
-
-
 def check_base(base: str) -> str:
-    if base not in BASES:
-        raise BuildError(f"--base {base!r} is not a base we build on; choose {' or '.join(BASES)}")
+    if base not in runtime.BASES:
+        raise BuildError(
+            f"--base {base!r} is not a base we build on; choose {' or '.join(runtime.BASES)}"
+        )
     return base
 
 
@@ -160,7 +155,7 @@ def run_build(
     log(f"build: record written to {path} ({time.monotonic() - started:.1f} s so far)")
 
     if options.push and options.verify:
-        from pdp_pipeline import verify
+        from pdp_pipeline.images import verify
 
         step = time.monotonic()
         record = verify.verify_and_record(path, [r.platform.arch for r in results], log=log)

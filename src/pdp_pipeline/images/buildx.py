@@ -2,7 +2,7 @@
 
 The command line (platform, runtime pinned by digest, labels, push or load,
 provenance), the digest buildx reports in its metadata file, and whether a
-failure was the push (worth a retry, reported as a RegistryError) or the build.
+failure was the push (`registry.is_push_failure`: a RegistryError, retried) or the build.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import registry
-from pdp_pipeline.build_record import BuildError, last_lines
+from pdp_pipeline.images import registry
+from pdp_pipeline.images.record import BuildError, last_lines
 from pdp_pipeline.platforms import Platform
 
 
@@ -65,27 +65,6 @@ def digest_from_metadata(metadata: Mapping[str, Any], image_ref: str) -> str:
     return digest
 
 
-# Words buildx prints when the build succeeded and sending it to the registry did not.
-_PUSH_FAILURE_MARKERS = (
-    "failed to push",
-    "failed commit on ref",
-    "failed to do request",
-    "unexpected status",
-    "500 internal server error",
-    "connection refused",
-    "connection reset",
-    "i/o timeout",
-    "eof",
-)
-
-
-def is_push_failure(output: str) -> bool:
-    """True when buildx output says the push failed (worth a retry), not the build."""
-    lowered = output.lower()
-    tail = lowered[lowered.rfind("error:") :] if "error:" in lowered else lowered[-2000:]
-    return "push" in lowered and any(marker in tail for marker in _PUSH_FAILURE_MARKERS)
-
-
 def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform, registry_addr: str) -> None:
     """Run one build; a failed push is a RegistryError (worth a retry), the rest a BuildError."""
     result = subprocess.run(
@@ -94,7 +73,7 @@ def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform, registry
     if result.returncode == 0:
         return
     output = result.stdout + result.stderr
-    if is_push_failure(output):
+    if registry.is_push_failure(output):
         answer = last_lines(output, 8)
         raise registry.RegistryError(
             f"push of {image_ref} ({platform.arch}) to {registry_addr} failed; the registry"

@@ -13,11 +13,9 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline.build_record import BuildError, last_lines
-
-Log = Callable[[str], None]
+from pdp_pipeline.images.record import BuildError, last_lines
+from pdp_pipeline.log import Log
 
 LAUNCHER = Path("containers") / "power-device-plugin"
 # Where the image expects the unpacked plugin (ENV PYTHONPATH in the Containerfile).

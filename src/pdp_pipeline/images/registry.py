@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import PLATFORMS
 
 T = TypeVar("T")
-Log = Callable[[str], None]
 
 INSPECT_TIMEOUT = 60.0  # seconds; a registry that does not answer in a minute is not answering
 CREATE_TIMEOUT = 300.0
@@ -67,6 +67,47 @@ def with_retries(
             (sleep or time.sleep)(delay)
             delay *= 2
     raise AssertionError("unreachable: the loop returns or raises")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def registry_host(ref: str) -> str:
+    """The host part of a registry address or image reference, without port or brackets.
+
+    `[::1]:5000/p:v1` -> `::1`, `127.0.0.1:5000` -> `127.0.0.1`, `quay.io/x` -> `quay.io`.
+    """
+    authority = ref.split("/", 1)[0]
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.partition(":")[0]
+
+
+def is_loopback_registry(ref: str) -> bool:
+    """True for this host's registry (`invoke setup` brings it up; it speaks plain HTTP)."""
+    return registry_host(ref) in LOOPBACK_HOSTS
+
+
+# Words buildx and docker print when the build succeeded and sending it to the registry
+# did not: such a failure is worth a retry, any other is not.
+_PUSH_FAILURE_MARKERS = (
+    "failed to push",
+    "failed commit on ref",
+    "failed to do request",
+    "unexpected status",
+    "500 internal server error",
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "eof",
+)
+
+
+def is_push_failure(output: str) -> bool:
+    """True when a command's output says the push failed (worth a retry), not the build."""
+    lowered = output.lower()
+    tail = lowered[lowered.rfind("error:") :] if "error:" in lowered else lowered[-2000:]
+    return "push" in lowered and any(marker in tail for marker in _PUSH_FAILURE_MARKERS)
 
 
 def arch_of(ref: str) -> str:

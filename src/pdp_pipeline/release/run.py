@@ -31,19 +31,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import registry, sbom, signing
-from pdp_pipeline.provenance import missing_provenance
-from pdp_pipeline.release_options import ReleaseOptions, build_labels, build_settings, check_options
-from pdp_pipeline.release_summary import ArchRelease, ReleaseRecord, write_summary
-from pdp_pipeline.release_version import (
+from pdp_pipeline.images import registry
+from pdp_pipeline.log import Log
+from pdp_pipeline.release import sbom, signing
+from pdp_pipeline.release.options import ReleaseOptions, build_labels, build_settings, check_options
+from pdp_pipeline.release.provenance import missing_provenance
+from pdp_pipeline.release.summary import ArchRelease, ReleaseRecord, write_summary
+from pdp_pipeline.release.version import (
     ReleaseVersion,
     candidate_tag,
     read_git_state,
     release_tags,
     release_version,
 )
-
-Log = Callable[[str], None]
 
 
 class ReleaseFailed(Exception):
