@@ -188,6 +188,27 @@ def manifest_digest(ref: str, log: Log = print) -> str:
     return with_retries(inspect, what=f"digest of {ref}", log=log)
 
 
+def tag_digest(ref: str, log: Log = print) -> str | None:
+    """The digest `ref` names, or None if the registry answers that it has no such tag."""
+    try:
+        return manifest_digest(ref, log)
+    except NotFound:
+        return None
+
+
+def image_labels(ref: str, log: Log = print) -> dict[str, str]:
+    """The labels of the image `ref` names (of its first platform, for an index)."""
+
+    def inspect() -> str:
+        return _imagetools(["inspect", "--format", "{{json .Image}}", ref], ref)
+
+    document = json.loads(with_retries(inspect, what=f"config of {ref}", log=log))
+    if isinstance(document, dict) and "config" not in document and document:
+        document = document[sorted(document)[0]]  # an index: platform -> config
+    labels = (document or {}).get("config", {}).get("Labels") or {}
+    return {str(key): str(value) for key, value in labels.items()}
+
+
 def create_index(target: str, sources: Sequence[str], log: Log = print) -> str:
     """Make `target` an OCI index of `sources` (per-architecture images); return its digest."""
     if not sources:

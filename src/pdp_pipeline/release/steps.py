@@ -15,7 +15,7 @@ from typing import Any
 from pdp_pipeline.images import registry
 from pdp_pipeline.log import Log
 from pdp_pipeline.release import sbom, signing
-from pdp_pipeline.release.options import ReleaseOptions
+from pdp_pipeline.release.options import LABEL_RELEASE, ReleaseOptions
 from pdp_pipeline.release.run import Steps
 from pdp_pipeline.release.version import ReleaseRefused
 
@@ -129,4 +129,6 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
         cosign=cosign,
         make_signer=make_signer,
         pin_and_render=lambda pinned, out, dry: pin_and_render(root, pinned, out, dry),
+        tag_digest=lambda ref: registry.tag_digest(ref, log=log),
+        release_label=lambda ref: registry.image_labels(ref, log=log).get(LABEL_RELEASE),
     )
