@@ -97,8 +97,21 @@ def test_buildx_passes_every_label_as_one_argument() -> None:
 
 def test_push_pushes_and_no_push_loads_into_the_local_engine() -> None:
     pushed, loaded = _command(push=True), _command(push=False)
-    assert "--push" in pushed and "--load" not in pushed
-    assert "--load" in loaded and "--push" not in loaded
+    assert _after(pushed, "--output") == buildx.PUSH_OUTPUT and "--load" not in pushed
+    assert "--load" in loaded and "--output" not in loaded
+
+
+def test_pushes_carry_oci_media_types_so_the_index_is_an_oci_index() -> None:
+    output = dict(part.split("=", 1) for part in _after(_command(), "--output").split(","))
+    assert output == {"type": "image", "push": "true", "oci-mediatypes": "true"}
+
+
+def test_the_commit_time_is_the_source_date_epoch_of_the_build() -> None:
+    argv = _command(source_date_epoch=1700000000)
+    build_args = [argv[i + 1] for i, word in enumerate(argv) if word == "--build-arg"]
+    assert "SOURCE_DATE_EPOCH=1700000000" in build_args
+    without = _command()
+    assert not any(w.startswith("SOURCE_DATE_EPOCH") for w in without)
 
 
 def test_provenance_is_off_unless_asked_so_each_arch_push_is_one_manifest() -> None:
@@ -134,6 +147,11 @@ def test_the_digest_comes_from_buildx_metadata() -> None:
 
 
 # --- the wheel and the staged context ------------------------------------------------
+
+
+def test_the_wheel_is_built_at_the_commit_time_and_without_it_at_none() -> None:
+    assert build_context.wheel_env("1.0", {}, 1700000000)["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert "SOURCE_DATE_EPOCH" not in build_context.wheel_env("1.0", {})
 
 
 def test_the_wheel_is_built_with_the_tags_version() -> None:
@@ -174,7 +192,9 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
         project, "3.4.5.post2+gfeed123", tmp_path / "wheel", log=print
     )
     assert wheel.name.startswith("power_device_plugin-3.4.5.post2+gfeed123-py3-none-any")
-    context = build_context.stage_context(project, wheel, tmp_path / "context", log=print)
+    context = build_context.stage_context(
+        project, wheel, tmp_path / "context", log=print, epoch=1700000000
+    )
 
     site = context / build_context.SITE_PACKAGES
     assert (site / "power_device_plugin" / "__main__.py").is_file()
@@ -186,6 +206,10 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
     assert not list(site.rglob("__pycache__")), "no bytecode is compiled on the host"
     launcher = context / build_context.LAUNCHER.name
     assert launcher.stat().st_mode & stat.S_IXUSR
+    # Nothing says where or when it was staged: no wheel path, every mtime the commit's.
+    assert not list(site.rglob("direct_url.json"))
+    assert str(tmp_path) not in "".join(p.read_text() for p in site.rglob("RECORD"))
+    assert {p.lstat().st_mtime for p in [context, *context.rglob("*")]} == {1700000000}
 
     # The version the image reports is read from that dist-info.
     probe = subprocess.run(
@@ -419,7 +443,7 @@ class FakeEngine:
 
     def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         self.buildx.append(list(argv))
-        if "--push" in argv and self.push_failures:
+        if buildx.PUSH_OUTPUT in argv and self.push_failures:
             self.push_failures -= 1
             return subprocess.CompletedProcess(
                 argv, 1, "#9 pushing layers\n", "ERROR: failed to push: 500 Internal Server Error"
@@ -446,9 +470,11 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     identity = tags.Identity("v1.0.0", "1.0.0", "d" * 40, "v1.0.0")
     monkeypatch.setattr(build.tags, "resolve_identity", lambda root, tag=None: identity)
     monkeypatch.setattr(
-        build_context, "build_wheel", lambda root, version, outdir, log: tmp_path / "w.whl"
+        build_context, "build_wheel", lambda root, version, outdir, log, epoch: tmp_path / "w.whl"
     )
-    monkeypatch.setattr(build_context, "stage_context", lambda root, wheel, context, log: context)
+    monkeypatch.setattr(
+        build_context, "stage_context", lambda root, wheel, context, log, epoch: context
+    )
     monkeypatch.setattr(buildx.subprocess, "run", engine.run)
     monkeypatch.setattr(build.runtime, "choose_base", engine.choose_base)
     monkeypatch.setattr(
@@ -523,7 +549,7 @@ def test_the_ubi9_fallback_is_recorded_and_labelled(
 
 def test_no_push_loads_locally_and_makes_no_index(fake_engine: FakeEngine, tmp_path: Path) -> None:
     record = build.run_build(_options(push=False, verify=True), record_file=tmp_path / "r.json")
-    assert all("--load" in argv and "--push" not in argv for argv in fake_engine.buildx)
+    assert all("--load" in argv and "--output" not in argv for argv in fake_engine.buildx)
     assert fake_engine.indexes == []
     assert record.index_ref is None and not record.pushed
     assert all(r.verified is None for r in record.archs)

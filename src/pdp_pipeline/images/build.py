@@ -80,7 +80,8 @@ def run_build(
     """
     started = time.monotonic()
     identity = tags.resolve_identity(root, options.tag)
-    created = tags.created_now()
+    # The commit's time, not the clock: the same commit builds the same digests.
+    created = tags.rfc3339(identity.commit_time)
     log(
         f"build: {', '.join(p.arch for p in options.archs)} as"
         f" {tags.image_ref(options.registry, options.repository, tag=identity.tag)}"
@@ -99,8 +100,12 @@ def run_build(
     (root / BUILD_DIR).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / BUILD_DIR, prefix="run-") as scratch:
         step = time.monotonic()
-        wheel = build_context.build_wheel(root, identity.version, Path(scratch) / "wheel", log)
-        context = build_context.stage_context(root, wheel, Path(scratch) / "context", log)
+        wheel = build_context.build_wheel(
+            root, identity.version, Path(scratch) / "wheel", log, epoch=identity.commit_time
+        )
+        context = build_context.stage_context(
+            root, wheel, Path(scratch) / "context", log, epoch=identity.commit_time
+        )
         log(f"build: wheel {wheel.name} staged in {time.monotonic() - step:.1f} s")
         runtimes = ensure_runtimes(options, base, log)
         results = [
@@ -120,6 +125,8 @@ def run_build(
                 ),
                 context,
                 log,
+                root=root,
+                epoch=identity.commit_time,
             )
             for platform in options.archs
         ]
@@ -197,6 +204,9 @@ def build_arch_image(
     labels: Mapping[str, str],
     context: Path,
     log: Log = print,
+    *,
+    root: Path = ROOT,
+    epoch: int | None = None,
 ) -> ArchResult:
     """Build (and push) one architecture's plugin image; pushes are retried."""
     image_ref = tags.image_ref(options.registry, options.repository, tag=tag, arch=platform.arch)
@@ -205,7 +215,7 @@ def build_arch_image(
         metadata_file = Path(scratch) / "metadata.json"
         argv = buildx.buildx_command(
             platform=platform,
-            containerfile=ROOT / CONTAINERFILE,
+            containerfile=root / CONTAINERFILE,
             context=context,
             runtime_ref=runtime_pin(image),
             labels=labels,
@@ -214,6 +224,7 @@ def build_arch_image(
             push=options.push,
             builder=options.builder,
             provenance=options.provenance,
+            source_date_epoch=epoch,
         )
         log(f"build: [{platform.arch}] {'build and push' if options.push else 'build'} {image_ref}")
 

@@ -16,6 +16,9 @@ from pdp_pipeline.images import registry
 from pdp_pipeline.images.record import BuildError, last_lines
 from pdp_pipeline.platforms import Platform
 
+# `--push` with OCI media types (buildx's --push alone pushes Docker media types here).
+PUSH_OUTPUT = "type=image,push=true,oci-mediatypes=true"
+
 
 def buildx_command(
     *,
@@ -29,8 +32,17 @@ def buildx_command(
     push: bool,
     builder: str | None = None,
     provenance: str | None = None,
+    source_date_epoch: int | None = None,
 ) -> list[str]:
-    """The `docker buildx build` of one architecture's plugin image."""
+    """The `docker buildx build` of one architecture's plugin image.
+
+    Pushed with OCI media types, so the index made of the pushes is an OCI index.
+    SOURCE_DATE_EPOCH (the commit time) sets the image's `created` and its history
+    times. The layer file times come from the staged context, whose mtimes the
+    build clamps to that time: `rewrite-timestamp=true` would do it in BuildKit,
+    but the docker driver on the containerd store unpacks every image it exports,
+    and BuildKit 0.13 refuses the option there ("conflicts with unpack").
+    """
     argv = [
         "docker",
         "buildx",
@@ -43,9 +55,12 @@ def buildx_command(
         "--build-arg",
         f"RUNTIME_IMAGE={runtime_ref}",
     ]
+    if source_date_epoch is not None:
+        argv += ["--build-arg", f"SOURCE_DATE_EPOCH={source_date_epoch}"]
     for key in sorted(labels):
         argv += ["--label", f"{key}={labels[key]}"]
-    argv += ["-t", image_ref, "--push" if push else "--load"]
+    argv += ["-t", image_ref]
+    argv += ["--output", PUSH_OUTPUT] if push else ["--load"]
     argv += ["--metadata-file", str(metadata_file)]
     if builder:
         argv += ["--builder", builder]
