@@ -51,6 +51,9 @@ class BuildOptions:
     allow_fallback: bool = True
     provenance: str | None = None  # None: --provenance=false (one manifest per arch)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    # Build every layer anew instead of reusing BuildKit's cache (which is keyed by
+    # content, not time): the reproducibility test must not pass on a cache hit.
+    no_cache: bool = False
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -225,6 +228,7 @@ def build_arch_image(
             builder=options.builder,
             provenance=options.provenance,
             source_date_epoch=epoch,
+            no_cache=options.no_cache,
         )
         log(f"build: [{platform.arch}] {'build and push' if options.push else 'build'} {image_ref}")
 

@@ -33,6 +33,7 @@ def buildx_command(
     builder: str | None = None,
     provenance: str | None = None,
     source_date_epoch: int | None = None,
+    no_cache: bool = False,
 ) -> list[str]:
     """The `docker buildx build` of one architecture's plugin image.
 
@@ -62,6 +63,8 @@ def buildx_command(
     argv += ["-t", image_ref]
     argv += ["--output", PUSH_OUTPUT] if push else ["--load"]
     argv += ["--metadata-file", str(metadata_file)]
+    if no_cache:
+        argv.append("--no-cache")
     if builder:
         argv += ["--builder", builder]
     # buildx's default (min provenance) would turn every per-arch push into an index.
