@@ -114,6 +114,11 @@ def test_the_commit_time_is_the_source_date_epoch_of_the_build() -> None:
     assert not any(w.startswith("SOURCE_DATE_EPOCH") for w in without)
 
 
+def test_no_cache_is_passed_only_when_asked() -> None:
+    assert "--no-cache" in _command(no_cache=True)
+    assert "--no-cache" not in _command()
+
+
 def test_provenance_is_off_unless_asked_so_each_arch_push_is_one_manifest() -> None:
     assert "--provenance=false" in _command()
     released = _command(provenance="mode=max")

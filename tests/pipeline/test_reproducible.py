@@ -1,7 +1,7 @@
 """Same commit, same digests: two fresh clones in two directories build identical images.
 
 Each clone builds all three architectures (debian base, runtime images reused by
-content key, no verification) and pushes them to the local registry under its own
+content key, every plugin layer built anew with --no-cache, no verification) and pushes them to the local registry under its own
 tag. The per-architecture digests and the index digest must be equal: nothing in
 the images may depend on where the clone lives or when it was built.
 """
@@ -35,7 +35,9 @@ def fresh_clone(into: Path) -> Path:
 
 
 def build_clone(clone: Path, tag: str) -> BuildRecord:
-    options = build.BuildOptions(archs=PLATFORMS, base="debian", tag=tag, push=True, verify=False)
+    options = build.BuildOptions(
+        archs=PLATFORMS, base="debian", tag=tag, push=True, verify=False, no_cache=True
+    )
     return build.run_build(
         options, log=lambda _: None, root=clone, record_file=clone / ".cache" / "record.json"
     )
