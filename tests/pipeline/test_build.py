@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline.images import build, buildx, runtime, tags, verify
+from pdp_pipeline.images import build, buildx, registry, runtime, tags, verify
 from pdp_pipeline.images import context as build_context
 from pdp_pipeline.images import record as build_record
 from pdp_pipeline.platforms import PLATFORMS, by_arch
@@ -42,6 +42,7 @@ def _command(**overrides: object) -> list[str]:
         image_ref="127.0.0.1:5000/pdp:v1-ppc64le",
         metadata_file=Path("/tmp/meta.json"),
         push=True,
+        archive=Path("/tmp/image.oci.tar"),
     )
     arguments.update(overrides)
     return buildx.buildx_command(**arguments)  # type: ignore[arg-type]
@@ -95,15 +96,34 @@ def test_buildx_passes_every_label_as_one_argument() -> None:
     assert labels == ["a.label=1 with space", "b.label=2"]
 
 
-def test_push_pushes_and_no_push_loads_into_the_local_engine() -> None:
+def test_push_writes_an_archive_and_no_push_loads_into_the_local_engine() -> None:
     pushed, loaded = _command(push=True), _command(push=False)
-    assert _after(pushed, "--output") == buildx.PUSH_OUTPUT and "--load" not in pushed
+    assert "--output" in pushed and "--load" not in pushed
     assert "--load" in loaded and "--output" not in loaded
 
 
-def test_pushes_carry_oci_media_types_so_the_index_is_an_oci_index() -> None:
+def test_a_pushed_build_is_an_oci_archive_with_its_timestamps_rewritten() -> None:
     output = dict(part.split("=", 1) for part in _after(_command(), "--output").split(","))
-    assert output == {"type": "image", "push": "true", "oci-mediatypes": "true"}
+    assert output == {"type": "oci", "dest": "/tmp/image.oci.tar", "rewrite-timestamp": "true"}
+
+
+def test_a_pushed_build_without_an_archive_is_refused() -> None:
+    with pytest.raises(build_record.BuildError, match="archive"):
+        _command(archive=None)
+
+
+@pytest.mark.parametrize(
+    ("ref", "plain_http"),
+    [("127.0.0.1:5000/pdp:v1-amd64", True), ("quay.io/org/pdp:v1-amd64", False)],
+)
+def test_the_archive_is_pushed_unchanged_and_over_plain_http_only_to_this_host(
+    ref: str, plain_http: bool
+) -> None:
+    argv = registry.push_archive_command(Path("/tmp/a.tar"), ref)
+    assert argv[:2] == ["skopeo", "copy"]
+    assert "--preserve-digests" in argv and "--all" in argv
+    assert argv[-2:] == ["oci-archive:/tmp/a.tar", f"docker://{ref}"]
+    assert ("--dest-tls-verify=false" in argv) is plain_http
 
 
 def test_the_commit_time_is_the_source_date_epoch_of_the_build() -> None:
@@ -444,15 +464,19 @@ class FakeEngine:
         self.push_failures = push_failures
         self.fall_back = fall_back
         self.buildx: list[list[str]] = []
+        self.pushes: list[list[str]] = []  # skopeo copies of the built archives
         self.indexes: list[tuple[str, list[str]]] = []
 
     def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "skopeo":
+            self.pushes.append(list(argv))
+            if self.push_failures:
+                self.push_failures -= 1
+                return subprocess.CompletedProcess(
+                    argv, 1, "", "writing manifest: 500 Internal Server Error"
+                )
+            return subprocess.CompletedProcess(argv, 0, "", "")
         self.buildx.append(list(argv))
-        if buildx.PUSH_OUTPUT in argv and self.push_failures:
-            self.push_failures -= 1
-            return subprocess.CompletedProcess(
-                argv, 1, "#9 pushing layers\n", "ERROR: failed to push: 500 Internal Server Error"
-            )
         arch = argv[argv.index("--platform") + 1].split("/")[1]
         digest = "sha256:" + format(len(arch), "x") * 64
         Path(argv[argv.index("--metadata-file") + 1]).write_text(
@@ -509,6 +533,7 @@ def test_a_build_pushes_each_arch_then_indexes_exactly_those_digests(
     record = build.run_build(_options(), log=print, record_file=tmp_path / "r.json")
     pushed = [argv[argv.index("-t") + 1] for argv in fake_engine.buildx]
     assert pushed == [f"127.0.0.1:5000/pdp:v1.0.0-{p.arch}" for p in PLATFORMS]
+    assert [argv[-1] for argv in fake_engine.pushes] == [f"docker://{ref}" for ref in pushed]
     assert fake_engine.indexes == [
         ("127.0.0.1:5000/pdp:v1.0.0", [r.digest_ref() for r in record.archs])
     ]
@@ -523,7 +548,7 @@ def test_a_push_the_registry_refused_is_retried(fake_engine: FakeEngine, tmp_pat
     record = build.run_build(
         _options(archs=(by_arch("amd64"),)), log=lines.append, record_file=tmp_path / "r.json"
     )
-    assert len(fake_engine.buildx) == 3
+    assert len(fake_engine.buildx) == 3 and len(fake_engine.pushes) == 3
     assert record.archs[0].digest.startswith("sha256:")
     assert sum("retrying" in line for line in lines) == 2
 
@@ -555,7 +580,7 @@ def test_the_ubi9_fallback_is_recorded_and_labelled(
 def test_no_push_loads_locally_and_makes_no_index(fake_engine: FakeEngine, tmp_path: Path) -> None:
     record = build.run_build(_options(push=False, verify=True), record_file=tmp_path / "r.json")
     assert all("--load" in argv and "--output" not in argv for argv in fake_engine.buildx)
-    assert fake_engine.indexes == []
+    assert fake_engine.pushes == [] and fake_engine.indexes == []
     assert record.index_ref is None and not record.pushed
     assert all(r.verified is None for r in record.archs)
 

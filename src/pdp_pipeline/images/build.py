@@ -216,6 +216,7 @@ def build_arch_image(
     step = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pdp-buildx-") as scratch:
         metadata_file = Path(scratch) / "metadata.json"
+        archive = Path(scratch) / "image.oci.tar" if options.push else None
         argv = buildx.buildx_command(
             platform=platform,
             containerfile=root / CONTAINERFILE,
@@ -225,6 +226,7 @@ def build_arch_image(
             image_ref=image_ref,
             metadata_file=metadata_file,
             push=options.push,
+            archive=archive,
             builder=options.builder,
             provenance=options.provenance,
             source_date_epoch=epoch,
@@ -233,7 +235,7 @@ def build_arch_image(
         log(f"build: [{platform.arch}] {'build and push' if options.push else 'build'} {image_ref}")
 
         def attempt() -> None:
-            buildx.run_buildx(argv, image_ref, platform, options.registry)
+            buildx.run_buildx(argv, image_ref, platform, options.registry, archive)
 
         if options.push:
             registry.with_retries(attempt, what=f"push of {image_ref} ({platform.arch})", log=log)

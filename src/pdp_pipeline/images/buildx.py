@@ -16,8 +16,12 @@ from pdp_pipeline.images import registry
 from pdp_pipeline.images.record import BuildError, last_lines
 from pdp_pipeline.platforms import Platform
 
-# `--push` with OCI media types (buildx's --push alone pushes Docker media types here).
-PUSH_OUTPUT = "type=image,push=true,oci-mediatypes=true"
+# The image is written as an OCI archive with its timestamps rewritten to
+# SOURCE_DATE_EPOCH, then pushed as it is (registry.push_archive). BuildKit 0.13
+# refuses `rewrite-timestamp=true` on the engine's own image exporter, which unpacks
+# every image into the containerd store ("conflicts with unpack"), and without it the
+# directories a COPY writes into carry the build's wall-clock time.
+ARCHIVE_OUTPUT = "type=oci,dest={archive},rewrite-timestamp=true"
 
 
 def buildx_command(
@@ -30,6 +34,7 @@ def buildx_command(
     image_ref: str,
     metadata_file: Path,
     push: bool,
+    archive: Path | None = None,
     builder: str | None = None,
     provenance: str | None = None,
     source_date_epoch: int | None = None,
@@ -37,12 +42,10 @@ def buildx_command(
 ) -> list[str]:
     """The `docker buildx build` of one architecture's plugin image.
 
-    Pushed with OCI media types, so the index made of the pushes is an OCI index.
-    SOURCE_DATE_EPOCH (the commit time) sets the image's `created` and its history
-    times. The layer file times come from the staged context, whose mtimes the
-    build clamps to that time: `rewrite-timestamp=true` would do it in BuildKit,
-    but the docker driver on the containerd store unpacks every image it exports,
-    and BuildKit 0.13 refuses the option there ("conflicts with unpack").
+    With `push`, the image goes to `archive` (an OCI archive, OCI media types, so
+    the index made of the pushes is an OCI index), every time in it rewritten to
+    SOURCE_DATE_EPOCH (the commit time): its `created`, its history and the mtimes
+    in its layers. Without `push` it is loaded into the local engine.
     """
     argv = [
         "docker",
@@ -61,7 +64,12 @@ def buildx_command(
     for key in sorted(labels):
         argv += ["--label", f"{key}={labels[key]}"]
     argv += ["-t", image_ref]
-    argv += ["--output", PUSH_OUTPUT] if push else ["--load"]
+    if push:
+        if archive is None:
+            raise BuildError(f"a pushed build of {image_ref} needs an archive path to write to")
+        argv += ["--output", ARCHIVE_OUTPUT.format(archive=archive)]
+    else:
+        argv.append("--load")
     argv += ["--metadata-file", str(metadata_file)]
     if no_cache:
         argv.append("--no-cache")
@@ -83,12 +91,23 @@ def digest_from_metadata(metadata: Mapping[str, Any], image_ref: str) -> str:
     return digest
 
 
-def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform, registry_addr: str) -> None:
-    """Run one build; a failed push is a RegistryError (worth a retry), the rest a BuildError."""
+def run_buildx(
+    argv: Sequence[str],
+    image_ref: str,
+    platform: Platform,
+    registry_addr: str,
+    archive: Path | None = None,
+) -> None:
+    """Run one build and push its `archive` (if any) to image_ref.
+
+    A failed push is a RegistryError (worth a retry), any other failure a BuildError.
+    """
     result = subprocess.run(
         list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
     if result.returncode == 0:
+        if archive is not None:
+            registry.push_archive(archive, image_ref, platform.arch)
         return
     output = result.stdout + result.stderr
     if registry.is_push_failure(output):

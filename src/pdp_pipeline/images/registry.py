@@ -1,8 +1,10 @@
 """Talk to an OCI registry: tags, digests, sizes and the multi-architecture index.
 
-Everything goes through `docker buildx imagetools` so it works with any registry
-the docker CLI can reach (credentials, mirrors, TLS settings of the CLI apply),
-not only the local one. Registries have transient failures (the local one once
+Reading and indexing go through `docker buildx imagetools` so they work with any
+registry the docker CLI can reach (credentials, mirrors, TLS settings of the CLI
+apply), not only the local one; a built image's OCI archive is pushed unchanged
+with `skopeo copy --preserve-digests` (skopeo reads the docker CLI's credentials).
+Registries have transient failures (the local one once
 answered 500 to a push), so network operations retry with backoff.
 """
 
@@ -12,6 +14,7 @@ import json
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from pdp_pipeline.log import Log
@@ -207,6 +210,43 @@ def image_labels(ref: str, log: Log = print) -> dict[str, str]:
         document = document[sorted(document)[0]]  # an index: platform -> config
     labels = (document or {}).get("config", {}).get("Labels") or {}
     return {str(key): str(value) for key, value in labels.items()}
+
+
+def push_archive_command(archive: Path, ref: str) -> list[str]:
+    """`skopeo copy` of an OCI archive to `ref`, byte for byte (the digest buildx reported)."""
+    argv = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests"]
+    if is_loopback_registry(ref):
+        argv.append("--dest-tls-verify=false")  # this host's registry speaks plain HTTP
+    return [*argv, f"oci-archive:{archive}", f"docker://{ref}"]
+
+
+def push_archive(archive: Path, ref: str, arch: str) -> None:
+    """Push an OCI archive to `ref` unchanged; a failure is a RegistryError (retried by callers)."""
+    argv = push_archive_command(archive, ref)
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=CREATE_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RegistryError(
+            f"push of {ref} ({arch}) failed: `{' '.join(argv)}`: {error}",
+            image=ref,
+            arch=arch,
+            answer=str(error),
+        ) from None
+    if result.returncode != 0:
+        answer = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+        raise RegistryError(
+            f"push of {ref} ({arch}) failed; the registry answered: {answer}",
+            image=ref,
+            arch=arch,
+            answer=answer,
+        )
 
 
 def create_index(target: str, sources: Sequence[str], log: Log = print) -> str:
