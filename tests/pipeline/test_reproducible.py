@@ -2,8 +2,9 @@
 
 Each clone builds all three architectures (debian base, runtime images reused by
 content key, every plugin layer built anew with --no-cache, no verification) and
-pushes them to the local registry under its own tag. The per-architecture digests and the index digest must be equal: nothing in
-the images may depend on where the clone lives or when it was built.
+pushes them to the local registry under its own tag. The per-architecture digests
+and the index digest must be equal: nothing in the images may depend on where the
+clone lives or when it was built.
 """
 
 from __future__ import annotations
