@@ -330,7 +330,7 @@ def release(
 
 @task
 def lint(c: Context) -> None:
-    """ruff, mypy --strict on src/, hadolint on containers/."""
+    """ruff, mypy --strict on src/, zizmor on .github/ (offline), hadolint on containers/."""
     from pdp_pipeline import testrun
 
     for name, command in testrun.LINT_COMMANDS:
