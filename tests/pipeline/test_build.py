@@ -211,6 +211,19 @@ def _fake_project(tmp_path: Path) -> Path:
     return project
 
 
+def test_the_wheel_of_one_commit_is_the_same_bytes_whenever_it_is_built(tmp_path: Path) -> None:
+    project = _fake_project(tmp_path)
+    first = build_context.build_wheel(
+        project, "1.0.0", tmp_path / "w1", log=print, epoch=1700000000
+    )
+    for path in project.rglob("*"):  # as if checked out later: every file is newer
+        os.utime(path, (1800000000, 1800000000))
+    second = build_context.build_wheel(
+        project, "1.0.0", tmp_path / "w2", log=print, epoch=1700000000
+    )
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path: Path) -> None:
     project = _fake_project(tmp_path)
     wheel = build_context.build_wheel(
