@@ -44,7 +44,8 @@ def setup(c: Context) -> None:
     Idempotent: a ready host is only checked. Installs (Debian, root) or names
     the command for each missing piece. Logs and registry data: .cache/.
     """
-    from pdp_pipeline import host, host_setup
+    from pdp_pipeline.host import probe as host
+    from pdp_pipeline.host import setup as host_setup
 
     try:
         host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"))
@@ -85,8 +86,11 @@ def build(
     Ends with a table of architecture, digest, size, runtime (reused/built) and
     verification; the record is in .cache/build/last-build.json. See docs/pipeline.md.
     """
-    from pdp_pipeline import build as building
-    from pdp_pipeline import build_record, platforms, summary
+    from pdp_pipeline import platforms
+    from pdp_pipeline.images import build as building
+    from pdp_pipeline.images import record as build_record
+    from pdp_pipeline.images import summary
+    from pdp_pipeline.images.registry import is_loopback_registry
 
     try:
         options = building.BuildOptions(
@@ -102,7 +106,7 @@ def build(
         )
     except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"build: {error}") from None
-    if building.is_local_registry(registry):
+    if is_loopback_registry(registry):
         setup(c)
     try:
         record = building.run_build(options, root=ROOT)
@@ -122,9 +126,11 @@ def build(
 )
 def verify(c: Context, arch: str = "all", record: str = "") -> None:
     """Run the testinfra suite (tests/image) against images already pushed by `build`."""
-    from pdp_pipeline import build as building
-    from pdp_pipeline import build_record, summary
-    from pdp_pipeline import verify as verifying
+    from pdp_pipeline.images import build as building
+    from pdp_pipeline.images import record as build_record
+    from pdp_pipeline.images import summary
+    from pdp_pipeline.images import verify as verifying
+    from pdp_pipeline.images.registry import is_loopback_registry
 
     path = Path(record).resolve() if record else build_record.record_path(ROOT)
     try:
@@ -132,7 +138,7 @@ def verify(c: Context, arch: str = "all", record: str = "") -> None:
         archs = build_record.archs_to_verify(built, arch)
     except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"verify: {error}") from None
-    if building.is_local_registry(built.registry):
+    if is_loopback_registry(built.registry):
         setup(c)
     try:
         verified = verifying.verify_and_record(path, archs)
@@ -235,7 +241,8 @@ def manifests_validate(c: Context, kubernetes: str = "") -> None:
 )
 def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None:
     """Point both install variants at one plugin image (manifests/base/kustomization.yaml)."""
-    from pdp_pipeline import build_record, manifests
+    from pdp_pipeline import manifests
+    from pdp_pipeline.images import record as build_record
 
     if bool(image) == last_build:
         raise SystemExit("manifests-pin: give exactly one of --image REF or --last-build")
@@ -282,15 +289,13 @@ def release(
     out: str = "out/release",
 ) -> None:
     """Build, verify, attest, sign and tag the release of the v*.*.* tag on HEAD."""
-    from pdp_pipeline import (
-        platforms,
-        release_options,
-        release_steps,
-        release_summary,
-        release_version,
-        signing,
-    )
-    from pdp_pipeline import release as releasing
+    from pdp_pipeline import platforms
+    from pdp_pipeline.images.registry import is_loopback_registry
+    from pdp_pipeline.release import options as release_options
+    from pdp_pipeline.release import run as releasing
+    from pdp_pipeline.release import steps as release_steps
+    from pdp_pipeline.release import summary as release_summary
+    from pdp_pipeline.release import version as release_version
 
     try:
         options = release_options.ReleaseOptions(
@@ -309,7 +314,7 @@ def release(
         release_version.release_version(release_version.read_git_state(ROOT))
     except (release_version.ReleaseRefused, platforms.UnknownArchError) as refusal:
         raise SystemExit(f"release refused: {refusal}") from None
-    if signing.is_loopback_registry(registry):
+    if is_loopback_registry(registry):
         setup(c)
     try:
         record = releasing.run_release(options, ROOT, release_steps.default_steps(options, ROOT))
@@ -325,7 +330,7 @@ def release(
 
 @task
 def lint(c: Context) -> None:
-    """ruff, mypy --strict on src/, hadolint on containers/."""
+    """ruff, mypy --strict on src/, zizmor on .github/ (offline), hadolint on containers/."""
     from pdp_pipeline import testrun
 
     for name, command in testrun.LINT_COMMANDS:

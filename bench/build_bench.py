@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pdp_pipeline import build, build_record, runtime, summary  # noqa: E402
+from pdp_pipeline.images import build, runtime, summary  # noqa: E402
+from pdp_pipeline.images import record as build_record  # noqa: E402
 from pdp_pipeline.platforms import select  # noqa: E402
 
 TOUCHED = ROOT / "src" / "power_device_plugin" / "__init__.py"
@@ -101,7 +102,7 @@ def main() -> int:
 
         if args.verify:
             started = time.monotonic()
-            from pdp_pipeline import verify
+            from pdp_pipeline.images import verify
 
             outcome = verify.verify_and_record(record_file, [p.arch for p in archs])
             passed = sum(bool(r.verified) for r in outcome.archs)

@@ -320,7 +320,7 @@ def pin_image(
 
 def ref_from_build_record(record_path: Path) -> ImageRef:
     """The index a build pushed (`.cache/build/last-build.json`), as a pin."""
-    from pdp_pipeline import build_record
+    from pdp_pipeline.images import record as build_record
 
     try:
         record = build_record.load_record(record_path)

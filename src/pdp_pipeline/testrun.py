@@ -72,6 +72,8 @@ LINT_COMMANDS: tuple[tuple[str, list[str]], ...] = (
     ("ruff lint", ["ruff", "check", "src", "tests", "bench", "tasks.py"]),
     ("ruff format", ["ruff", "format", "--check", "src", "tests", "bench", "tasks.py"]),
     ("mypy --strict", ["mypy", "src"]),
+    # The workflows' supply chain (pins, permissions, credentials, injection), offline.
+    ("zizmor", ["zizmor", "--offline", ".github/workflows", ".github/dependabot.yml"]),
 )
 
 

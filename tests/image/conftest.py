@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build_record, registry, verify
+from pdp_pipeline.images import record as build_record
+from pdp_pipeline.images import registry, verify
 from pdp_pipeline.platforms import PLATFORMS, by_arch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build_record, tags
+from pdp_pipeline.images import record as build_record
+from pdp_pipeline.images import tags
 
 pytestmark = pytest.mark.engine
 

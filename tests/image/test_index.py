@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import build_record, registry
+from pdp_pipeline.images import record as build_record
+from pdp_pipeline.images import registry
 
 pytestmark = pytest.mark.engine
 
@@ -39,3 +40,13 @@ def test_index_entry_is_the_image_that_was_verified(
     # The container the other checks ran in was created from exactly this digest.
     assert container.attrs["Config"]["Image"] == result.digest_ref()
     assert entries[result.platform.platform] == platform_digest
+
+
+def test_index_is_an_oci_index(record: build_record.BuildRecord) -> None:
+    assert record.index_ref is not None
+    document = registry.raw_manifest(record.index_ref, log=_quiet)
+    assert document["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert {m["mediaType"] for m in document["manifests"]} <= {
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    }

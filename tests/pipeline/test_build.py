@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import build, build_context, build_record, buildx, runtime, tags, verify
+from pdp_pipeline.images import build, buildx, registry, runtime, tags, verify
+from pdp_pipeline.images import context as build_context
+from pdp_pipeline.images import record as build_record
 from pdp_pipeline.platforms import PLATFORMS, by_arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,7 @@ def _command(**overrides: object) -> list[str]:
         image_ref="127.0.0.1:5000/pdp:v1-ppc64le",
         metadata_file=Path("/tmp/meta.json"),
         push=True,
+        archive=Path("/tmp/image.oci.tar"),
     )
     arguments.update(overrides)
     return buildx.buildx_command(**arguments)  # type: ignore[arg-type]
@@ -73,14 +76,6 @@ def test_options_default_to_ubi9_the_local_registry_push_and_verify() -> None:
     assert options.provenance is None
 
 
-@pytest.mark.parametrize(
-    ("registry", "local"),
-    [("127.0.0.1:5000", True), ("localhost:5000", True), ("quay.io", False), ("ghcr.io/x", False)],
-)
-def test_only_a_loopback_registry_counts_as_local(registry: str, local: bool) -> None:
-    assert build.is_local_registry(registry) is local
-
-
 # --- buildx command lines ------------------------------------------------------------
 
 
@@ -101,10 +96,47 @@ def test_buildx_passes_every_label_as_one_argument() -> None:
     assert labels == ["a.label=1 with space", "b.label=2"]
 
 
-def test_push_pushes_and_no_push_loads_into_the_local_engine() -> None:
+def test_push_writes_an_archive_and_no_push_loads_into_the_local_engine() -> None:
     pushed, loaded = _command(push=True), _command(push=False)
-    assert "--push" in pushed and "--load" not in pushed
-    assert "--load" in loaded and "--push" not in loaded
+    assert "--output" in pushed and "--load" not in pushed
+    assert "--load" in loaded and "--output" not in loaded
+
+
+def test_a_pushed_build_is_an_oci_archive_with_its_timestamps_rewritten() -> None:
+    output = dict(part.split("=", 1) for part in _after(_command(), "--output").split(","))
+    assert output == {"type": "oci", "dest": "/tmp/image.oci.tar", "rewrite-timestamp": "true"}
+
+
+def test_a_pushed_build_without_an_archive_is_refused() -> None:
+    with pytest.raises(build_record.BuildError, match="archive"):
+        _command(archive=None)
+
+
+@pytest.mark.parametrize(
+    ("ref", "plain_http"),
+    [("127.0.0.1:5000/pdp:v1-amd64", True), ("quay.io/org/pdp:v1-amd64", False)],
+)
+def test_the_archive_is_pushed_unchanged_and_over_plain_http_only_to_this_host(
+    ref: str, plain_http: bool
+) -> None:
+    argv = registry.push_archive_command(Path("/tmp/a.tar"), ref)
+    assert argv[:2] == ["skopeo", "copy"]
+    assert "--preserve-digests" in argv and "--all" in argv
+    assert argv[-2:] == ["oci-archive:/tmp/a.tar", f"docker://{ref}"]
+    assert ("--dest-tls-verify=false" in argv) is plain_http
+
+
+def test_the_commit_time_is_the_source_date_epoch_of_the_build() -> None:
+    argv = _command(source_date_epoch=1700000000)
+    build_args = [argv[i + 1] for i, word in enumerate(argv) if word == "--build-arg"]
+    assert "SOURCE_DATE_EPOCH=1700000000" in build_args
+    without = _command()
+    assert not any(w.startswith("SOURCE_DATE_EPOCH") for w in without)
+
+
+def test_no_cache_is_passed_only_when_asked() -> None:
+    assert "--no-cache" in _command(no_cache=True)
+    assert "--no-cache" not in _command()
 
 
 def test_provenance_is_off_unless_asked_so_each_arch_push_is_one_manifest() -> None:
@@ -139,27 +171,12 @@ def test_the_digest_comes_from_buildx_metadata() -> None:
         buildx.digest_from_metadata({"buildx.build.ref": "y"}, "x")
 
 
-@pytest.mark.parametrize(
-    ("output", "retry"),
-    [
-        (
-            "#8 pushing layers\nERROR: failed to push 127.0.0.1:5000/pdp:v1-amd64:"
-            " unexpected status from PUT request: 500 Internal Server Error",
-            True,
-        ),
-        ("#9 exporting to image\n#9 pushing layers\nERROR: failed to do request: EOF", True),
-        (
-            "ERROR: failed to solve: failed to read dockerfile: open Containerfile: no such file",
-            False,
-        ),
-        ("ERROR: failed to solve: 127.0.0.1:5000/rt@sha256:00: not found", False),
-    ],
-)
-def test_only_push_failures_are_worth_a_retry(output: str, retry: bool) -> None:
-    assert buildx.is_push_failure(output) is retry
-
-
 # --- the wheel and the staged context ------------------------------------------------
+
+
+def test_the_wheel_is_built_at_the_commit_time_and_without_it_at_none() -> None:
+    assert build_context.wheel_env("1.0", {}, 1700000000)["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert "SOURCE_DATE_EPOCH" not in build_context.wheel_env("1.0", {})
 
 
 def test_the_wheel_is_built_with_the_tags_version() -> None:
@@ -194,13 +211,28 @@ def _fake_project(tmp_path: Path) -> Path:
     return project
 
 
+def test_the_wheel_of_one_commit_is_the_same_bytes_whenever_it_is_built(tmp_path: Path) -> None:
+    project = _fake_project(tmp_path)
+    first = build_context.build_wheel(
+        project, "1.0.0", tmp_path / "w1", log=print, epoch=1700000000
+    )
+    for path in project.rglob("*"):  # as if checked out later: every file is newer
+        os.utime(path, (1800000000, 1800000000))
+    second = build_context.build_wheel(
+        project, "1.0.0", tmp_path / "w2", log=print, epoch=1700000000
+    )
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path: Path) -> None:
     project = _fake_project(tmp_path)
     wheel = build_context.build_wheel(
         project, "3.4.5.post2+gfeed123", tmp_path / "wheel", log=print
     )
     assert wheel.name.startswith("power_device_plugin-3.4.5.post2+gfeed123-py3-none-any")
-    context = build_context.stage_context(project, wheel, tmp_path / "context", log=print)
+    context = build_context.stage_context(
+        project, wheel, tmp_path / "context", log=print, epoch=1700000000
+    )
 
     site = context / build_context.SITE_PACKAGES
     assert (site / "power_device_plugin" / "__main__.py").is_file()
@@ -212,6 +244,10 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
     assert not list(site.rglob("__pycache__")), "no bytecode is compiled on the host"
     launcher = context / build_context.LAUNCHER.name
     assert launcher.stat().st_mode & stat.S_IXUSR
+    # Nothing says where or when it was staged: no wheel path, every mtime the commit's.
+    assert not list(site.rglob("direct_url.json"))
+    assert str(tmp_path) not in "".join(p.read_text() for p in site.rglob("RECORD"))
+    assert {p.lstat().st_mtime for p in [context, *context.rglob("*")]} == {1700000000}
 
     # The version the image reports is read from that dist-info.
     probe = subprocess.run(
@@ -441,15 +477,19 @@ class FakeEngine:
         self.push_failures = push_failures
         self.fall_back = fall_back
         self.buildx: list[list[str]] = []
+        self.pushes: list[list[str]] = []  # skopeo copies of the built archives
         self.indexes: list[tuple[str, list[str]]] = []
 
     def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "skopeo":
+            self.pushes.append(list(argv))
+            if self.push_failures:
+                self.push_failures -= 1
+                return subprocess.CompletedProcess(
+                    argv, 1, "", "writing manifest: 500 Internal Server Error"
+                )
+            return subprocess.CompletedProcess(argv, 0, "", "")
         self.buildx.append(list(argv))
-        if "--push" in argv and self.push_failures:
-            self.push_failures -= 1
-            return subprocess.CompletedProcess(
-                argv, 1, "#9 pushing layers\n", "ERROR: failed to push: 500 Internal Server Error"
-            )
         arch = argv[argv.index("--platform") + 1].split("/")[1]
         digest = "sha256:" + format(len(arch), "x") * 64
         Path(argv[argv.index("--metadata-file") + 1]).write_text(
@@ -472,9 +512,11 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
     identity = tags.Identity("v1.0.0", "1.0.0", "d" * 40, "v1.0.0")
     monkeypatch.setattr(build.tags, "resolve_identity", lambda root, tag=None: identity)
     monkeypatch.setattr(
-        build_context, "build_wheel", lambda root, version, outdir, log: tmp_path / "w.whl"
+        build_context, "build_wheel", lambda root, version, outdir, log, epoch: tmp_path / "w.whl"
     )
-    monkeypatch.setattr(build_context, "stage_context", lambda root, wheel, context, log: context)
+    monkeypatch.setattr(
+        build_context, "stage_context", lambda root, wheel, context, log, epoch: context
+    )
     monkeypatch.setattr(buildx.subprocess, "run", engine.run)
     monkeypatch.setattr(build.runtime, "choose_base", engine.choose_base)
     monkeypatch.setattr(
@@ -504,6 +546,7 @@ def test_a_build_pushes_each_arch_then_indexes_exactly_those_digests(
     record = build.run_build(_options(), log=print, record_file=tmp_path / "r.json")
     pushed = [argv[argv.index("-t") + 1] for argv in fake_engine.buildx]
     assert pushed == [f"127.0.0.1:5000/pdp:v1.0.0-{p.arch}" for p in PLATFORMS]
+    assert [argv[-1] for argv in fake_engine.pushes] == [f"docker://{ref}" for ref in pushed]
     assert fake_engine.indexes == [
         ("127.0.0.1:5000/pdp:v1.0.0", [r.digest_ref() for r in record.archs])
     ]
@@ -518,7 +561,7 @@ def test_a_push_the_registry_refused_is_retried(fake_engine: FakeEngine, tmp_pat
     record = build.run_build(
         _options(archs=(by_arch("amd64"),)), log=lines.append, record_file=tmp_path / "r.json"
     )
-    assert len(fake_engine.buildx) == 3
+    assert len(fake_engine.buildx) == 3 and len(fake_engine.pushes) == 3
     assert record.archs[0].digest.startswith("sha256:")
     assert sum("retrying" in line for line in lines) == 2
 
@@ -549,8 +592,8 @@ def test_the_ubi9_fallback_is_recorded_and_labelled(
 
 def test_no_push_loads_locally_and_makes_no_index(fake_engine: FakeEngine, tmp_path: Path) -> None:
     record = build.run_build(_options(push=False, verify=True), record_file=tmp_path / "r.json")
-    assert all("--load" in argv and "--push" not in argv for argv in fake_engine.buildx)
-    assert fake_engine.indexes == []
+    assert all("--load" in argv and "--output" not in argv for argv in fake_engine.buildx)
+    assert fake_engine.pushes == [] and fake_engine.indexes == []
     assert record.index_ref is None and not record.pushed
     assert all(r.verified is None for r in record.archs)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline.e2e_container import BindMount, ContainerRun
-from pdp_pipeline.e2e_manifest import (
+from pdp_pipeline.e2e.container import BindMount, ContainerRun
+from pdp_pipeline.e2e.manifest import (
     ManifestShapeError,
     config_map_value,
     cpu_nanos,
@@ -17,8 +17,8 @@ from pdp_pipeline.e2e_manifest import (
     memory_bytes,
     plugin_container,
 )
-from pdp_pipeline.e2e_plugin_run import expand_kube_vars, plugin_run, plugin_setting
-from pdp_pipeline.e2e_workload import (
+from pdp_pipeline.e2e.plugin_run import expand_kube_vars, plugin_run, plugin_setting
+from pdp_pipeline.e2e.workload import (
     ContainerGrantView,
     GrantedDevice,
     device_groups,

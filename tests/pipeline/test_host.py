@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import host, host_plan, host_setup
-from pdp_pipeline.host import HostFacts
-from pdp_pipeline.host_plan import plan_setup
+from pdp_pipeline.host import plan as host_plan
+from pdp_pipeline.host import probe as host
+from pdp_pipeline.host import setup as host_setup
+from pdp_pipeline.host.plan import plan_setup
+from pdp_pipeline.host.probe import HostFacts
 
 ALL_PACKAGES = host.TRIXIE_PACKAGES + host.BOOKWORM_PACKAGES
 

@@ -11,8 +11,52 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import registry
-from pdp_pipeline.registry import NotFound, RegistryError
+from pdp_pipeline.images import registry
+from pdp_pipeline.images.registry import NotFound, RegistryError
+
+# --- which registry is this host's, and which failures are pushes ------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "loopback"),
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("[::1]:5000/power-dev-plugin:v1", True),
+        ("127.0.0.1:5000/power-dev-plugin:v1", True),
+        ("localhost:5000/p@sha256:00", True),
+        ("localhost", True),
+        ("quay.io", False),
+        ("ghcr.io/x", False),
+        ("ghcr.io/org/power-dev-plugin:v1", False),
+        ("quay.io/127.0.0.1/p:v1", False),
+        ("[2001:db8::1]:5000/p:v1", False),
+    ],
+)
+def test_only_a_loopback_registry_counts_as_this_hosts(ref: str, loopback: bool) -> None:
+    assert registry.is_loopback_registry(ref) is loopback
+
+
+@pytest.mark.parametrize(
+    ("output", "retry"),
+    [
+        (
+            "#8 pushing layers\nERROR: failed to push 127.0.0.1:5000/pdp:v1-amd64:"
+            " unexpected status from PUT request: 500 Internal Server Error",
+            True,
+        ),
+        ("#9 exporting to image\n#9 pushing layers\nERROR: failed to do request: EOF", True),
+        (
+            "ERROR: failed to solve: failed to read dockerfile: open Containerfile: no such file",
+            False,
+        ),
+        ("ERROR: failed to solve: 127.0.0.1:5000/rt@sha256:00: not found", False),
+    ],
+)
+def test_only_push_failures_are_worth_a_retry(output: str, retry: bool) -> None:
+    assert registry.is_push_failure(output) is retry
+
 
 # --- retries ----------------------------------------------------------------------
 
@@ -203,7 +247,7 @@ def push_tiny_image(arch: str, ref: str) -> None:
 
 @pytest.fixture(scope="module")
 def local_registry() -> str:
-    from pdp_pipeline import host_setup
+    from pdp_pipeline.host import setup as host_setup
 
     root = Path(__file__).resolve().parents[2]
     host_setup.setup(host_setup.HostPaths(cache=root / ".cache"), log=lambda _: None)

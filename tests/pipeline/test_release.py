@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import (
-    provenance,
-    release,
-    release_options,
-    release_steps,
-    release_summary,
-    release_version,
-    signing,
-)
-from pdp_pipeline.build_record import ArchResult, BuildRecord
+from pdp_pipeline.images.record import ArchResult, BuildRecord
+from pdp_pipeline.images.runtime import RuntimeImage
 from pdp_pipeline.platforms import PLATFORMS
-from pdp_pipeline.runtime import RuntimeImage
+from pdp_pipeline.release import options as release_options
+from pdp_pipeline.release import provenance, signing
+from pdp_pipeline.release import run as release
+from pdp_pipeline.release import steps as release_steps
+from pdp_pipeline.release import summary as release_summary
+from pdp_pipeline.release import version as release_version
+from pdp_pipeline.release.published import ReleaseMoved
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 V123 = release_version.ReleaseVersion(1, 2, 3)
@@ -281,7 +279,8 @@ class FakeWorld:
         self.tmp = tmp
         self.verified = verified
         self.events: list[str] = []
-        self.tags: dict[str, str] = {}
+        self.tags: dict[str, str] = {}  # the registry: ref -> digest
+        self.labels: dict[str, str] = {}  # ref -> release label of the image it names
         self.index_digest = "sha256:" + "1" * 64
         self.platform_digests = {
             p.platform: "sha256:" + str(n + 2) * 64 for n, p in enumerate(PLATFORMS)
@@ -338,6 +337,12 @@ class FakeWorld:
         self.tags[target] = self.index_digest
         return self.index_digest
 
+    def tag_digest(self, ref: str) -> str | None:
+        return self.tags.get(ref)
+
+    def release_label(self, ref: str) -> str | None:
+        return self.labels.get(ref)
+
     def collect_inventory(self, image: str, platform: str) -> str:
         self.events.append(f"inventory {platform}")
         return LISTING
@@ -369,6 +374,8 @@ class FakeWorld:
             cosign=self.cosign,
             make_signer=self.make_signer,
             pin_and_render=self.pin_and_render,
+            tag_digest=self.tag_digest,
+            release_label=self.release_label,
         )
 
 
@@ -398,6 +405,44 @@ def test_release_signs_and_verifies_before_any_release_tag(tagged_repo: Path) ->
     tagged = [e for e in world.events if e.startswith("tag ")]
     assert tagged == ["tag v1.2.3", "tag v1.2", f"tag {head}"]
     assert world.events[-1].startswith("pin 127.0.0.1:5000/power-dev-plugin:v1.2.3@sha256:111")
+
+
+def test_a_rerun_that_built_another_digest_stops_before_signing_or_tagging(
+    tagged_repo: Path,
+) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    earlier = "sha256:" + "e" * 64
+    world.tags["127.0.0.1:5000/power-dev-plugin:v1.2.3"] = earlier
+
+    with pytest.raises(ReleaseMoved) as refused:
+        _run(tagged_repo, world)
+
+    assert earlier in str(refused.value) and world.index_digest in str(refused.value)
+    assert not [e for e in world.events if e.startswith(("cosign", "tag ", "pin "))]
+    assert world.tags == {"127.0.0.1:5000/power-dev-plugin:v1.2.3": earlier}
+
+
+def test_a_rerun_of_the_same_digest_repoints_nothing_and_succeeds(tagged_repo: Path) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    head = _git(tagged_repo, "rev-parse", "HEAD").strip()
+    for tag in ("v1.2.3", "v1.2", head):
+        world.tags[f"127.0.0.1:5000/power-dev-plugin:{tag}"] = world.index_digest
+
+    record = _run(tagged_repo, world)
+
+    assert record.index_digest == world.index_digest
+    assert not [e for e in world.events if e.startswith("tag ")]
+
+
+def test_a_new_patch_moves_the_minor_tag_forward(tagged_repo: Path) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    minor = "127.0.0.1:5000/power-dev-plugin:v1.2"
+    world.tags[minor] = "sha256:" + "e" * 64
+    world.labels[minor] = "v1.2.2"
+
+    _run(tagged_repo, world)
+
+    assert world.tags[minor] == world.index_digest
 
 
 def test_release_build_is_strict(tagged_repo: Path) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from pdp_pipeline import runtime
+from pdp_pipeline.images import runtime
+from pdp_pipeline.images.runtime import BaseUnavailable
 from pdp_pipeline.platforms import by_arch
-from pdp_pipeline.runtime import BaseUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_INPUTS: dict[str, Any] = {
@@ -252,7 +252,7 @@ LOCAL = "127.0.0.1:5000"
 
 @pytest.fixture(scope="module")
 def local_registry() -> str:
-    from pdp_pipeline import host_setup
+    from pdp_pipeline.host import setup as host_setup
 
     host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"), log=lambda _: None)
     return LOCAL

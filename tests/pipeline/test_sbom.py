@@ -9,7 +9,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from pdp_pipeline import sbom
+from pdp_pipeline.release import sbom
 
 DEBIAN_LISTING = """\
 ### os-release

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import signing
+from pdp_pipeline.release import signing
 
 INDEX = "127.0.0.1:5000/power-dev-plugin@sha256:" + "ab" * 32
 LOCAL_KEY = signing.Signer(
@@ -78,19 +78,6 @@ def test_keyless_verification_names_identity_and_issuer() -> None:
 def test_keyless_verification_without_identity_is_refused() -> None:
     with pytest.raises(signing.SigningError, match="identity"):
         signing.verify_command(signing.Signer(), INDEX)
-
-
-@pytest.mark.parametrize(
-    ("ref", "loopback"),
-    [
-        ("127.0.0.1:5000/power-dev-plugin:v1", True),
-        ("localhost:5000/p@sha256:00", True),
-        ("ghcr.io/org/power-dev-plugin:v1", False),
-        ("quay.io/127.0.0.1/p:v1", False),
-    ],
-)
-def test_loopback_registries_are_recognised(ref: str, loopback: bool) -> None:
-    assert signing.is_loopback_registry(ref) is loopback
 
 
 def test_throwaway_environment_has_an_empty_password_and_real_keys_keep_theirs() -> None:

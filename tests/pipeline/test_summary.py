@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pdp_pipeline import build_record, runtime, summary
+from pdp_pipeline.images import record as build_record
+from pdp_pipeline.images import runtime, summary
 from pdp_pipeline.platforms import PLATFORMS
 
 DIGESTS = ["sha256:" + c * 64 for c in "012"]

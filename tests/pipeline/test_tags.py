@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pdp_pipeline import tags
+from pdp_pipeline.images import tags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,8 +123,32 @@ def test_extra_labels_are_added_but_cannot_replace_the_builds_own() -> None:
         tags.oci_labels(_identity(), extra={tags.LABEL_VERSION: "9"}, **common)  # type: ignore[arg-type]
 
 
-def test_created_is_rfc3339_utc() -> None:
-    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", tags.created_now())
+def test_created_is_the_commit_time_in_rfc3339_utc() -> None:
+    assert tags.rfc3339(1700000000) == "2023-11-14T22:13:20Z"
+
+
+def test_commit_time_is_heads_committer_time(tmp_path: Path) -> None:
+    env = {**os.environ, "GIT_COMMITTER_DATE": "@1700000000 +0200", "GIT_AUTHOR_DATE": "@1 +0000"}
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        check=True,
+        env=env,
+    )
+    assert tags.commit_time(tmp_path) == 1700000000
 
 
 def test_source_label_equals_the_projects_source_url() -> None:

@@ -3,7 +3,9 @@
 `check-jsonschema --builtin-schema vendor.github-workflows` validates their
 structure (actionlint's wheel downloads a binary at install time, so it is not
 an option on an offline host); the checks below add what a schema cannot know:
-every action is pinned, and every invoke task and flag a workflow calls exists.
+every action is pinned by commit, permissions are granted per job and least first,
+no checkout keeps its token, one QEMU, and every invoke task and flag a workflow
+calls exists. `invoke lint` adds the zizmor audit.
 """
 
 from __future__ import annotations
@@ -180,39 +182,45 @@ def test_ci_runs_lint_tests_and_the_three_architecture_build_on_push_and_pull_re
     assert {"push", "pull_request"} <= set(triggers(document))
     tasks_run = [call[0] for call in invoke_calls(document)]
     assert {"lint", "test", "build"} <= set(tasks_run)
-    build_run = next(s["run"] for _, s in steps(document) if "invoke build" in (s.get("run") or ""))
-    assert "--arch ${{ matrix.arch }}" in build_run
+    build_step = next(s for _, s in steps(document) if "invoke build" in (s.get("run") or ""))
+    # The matrix reaches the shell through the environment, never spliced into the script.
+    assert '--arch "$ARCH"' in build_step["run"]
+    assert build_step["env"]["ARCH"] == "${{ matrix.arch }}"
     matrix = document["jobs"]["images"]["strategy"]["matrix"]["include"]
     assert {"base": "debian", "arch": "all"} in matrix
 
 
-def test_ci_pushes_only_to_a_registry_service_and_caches_its_storage() -> None:
+def test_ci_pushes_only_to_its_own_registry_and_caches_its_storage() -> None:
     images = load(CI)["jobs"]["images"]
 
-    service = images["services"]["registry"]
-    assert service["image"].startswith("registry:2")
-    assert service["ports"] == ["127.0.0.1:5000:5000"]
-    storage = service["volumes"][0].split(":")[0]
-    uses = [step.get("uses", "") for step in images["steps"]]
-    assert any(u.startswith("docker/setup-qemu-action@") for u in uses)
-    assert any(u.startswith("docker/setup-buildx-action@") for u in uses)
+    assert "services" not in images  # an engine restart would stop a service container
+    storage = images["env"]["REGISTRY_DATA"]
+    run_steps = [step.get("run") or "" for step in images["steps"]]
+    restart = next(i for i, r in enumerate(run_steps) if "systemctl restart docker" in r)
+    registry = next(i for i, r in enumerate(run_steps) if "docker-registry serve" in r)
+    assert restart < registry, "the registry starts after the engine is configured"
+    assert "127.0.0.1:5000" in run_steps[registry] and "$REGISTRY_DATA" in run_steps[registry]
     cache = next(
         step for step in images["steps"] if step.get("uses", "").startswith("actions/cache")
     )
     assert cache["with"]["path"] == storage
+    assert images["steps"].index(cache) < registry, "the cached storage is restored first"
     # The key follows what decides the runtime images, so a warm run reuses them.
     assert "containers/runtime-*" in cache["with"]["key"]
+    assert "src/pdp_pipeline/images/runtime.py" in cache["with"]["key"]
     build = next(s for s in images["steps"] if "invoke build" in (s.get("run") or ""))
     assert "--registry" not in build["run"]  # the default: the local registry on 127.0.0.1:5000
-    assert images["steps"].index(cache) < images["steps"].index(build)
+    assert images["steps"].index(build) > registry
 
 
 def test_release_runs_on_semver_tags_and_signs_keyless() -> None:
     document = load(RELEASE)
 
     assert triggers(document) == {"push": {"tags": ["v*.*.*"]}}
-    assert document["permissions"]["id-token"] == "write"
-    assert document["permissions"]["contents"] == "write"
+    jobs = document["jobs"]
+    assert jobs["release"]["permissions"]["id-token"] == "write"
+    assert jobs["publish"]["permissions"] == {"contents": "write"}
+    assert jobs["publish"]["needs"] == "release"
     calls = invoke_calls(document)
     (release_call,) = [call for call in calls if call[0] == "release"]
     assert "--dry-run" not in release_call and "--key" not in release_call
@@ -225,3 +233,105 @@ def test_release_runs_on_semver_tags_and_signs_keyless() -> None:
     login = next(i for i, u in enumerate(uses) if u.startswith("docker/login-action@"))
     release_step = next(i for i, r in enumerate(run_steps) if "invoke release" in r)
     assert login < release_step
+
+
+# --- supply chain ---------------------------------------------------------------------
+
+# `uses: owner/repo@<40-hex commit> # vX.Y.Z`: the commit is what runs, the comment what it is.
+_SHA_PIN = re.compile(r"^\s*-?\s*uses:\s*[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+\s*$")
+WRITE_SCOPES_BY_JOB = {
+    (CI.name, "checks"): {},
+    (CI.name, "images"): {},
+    (RELEASE.name, "release"): {"packages": "write", "id-token": "write"},
+    (RELEASE.name, "publish"): {"contents": "write"},
+}
+
+
+def uses_lines_not_pinned_by_commit(text: str) -> list[str]:
+    """Every `uses:` line that is not a full commit with its version in a comment."""
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if re.match(r"^\s*-?\s*uses:", line) and not _SHA_PIN.match(line)
+    ]
+
+
+@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+def test_every_action_is_pinned_by_commit_with_its_version(path: Path) -> None:
+    assert uses_lines_not_pinned_by_commit(path.read_text(encoding="utf-8")) == []
+
+
+def test_commit_pin_check_catches_tags_short_shas_and_missing_versions() -> None:
+    text = "\n".join(
+        [
+            "      - uses: actions/checkout@v4",
+            "      - uses: actions/checkout@11bd719",
+            "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683",
+            "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2",
+        ]
+    )
+    assert uses_lines_not_pinned_by_commit(text) == [
+        "- uses: actions/checkout@v4",
+        "- uses: actions/checkout@11bd719",
+        "- uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683",
+    ]
+
+
+@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+def test_the_workflow_grants_nothing_and_each_job_only_what_it_needs(path: Path) -> None:
+    document = load(path)
+    assert document["permissions"] == {}
+    for name, job in document["jobs"].items():
+        granted = job["permissions"]
+        writes = {scope: level for scope, level in granted.items() if level == "write"}
+        assert writes == WRITE_SCOPES_BY_JOB[(path.name, name)], name
+        assert set(granted.values()) <= {"read", "write"}
+
+
+@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+def test_no_checkout_keeps_the_token(path: Path) -> None:
+    checkouts = [
+        step
+        for _, step in steps(load(path))
+        if step.get("uses", "").startswith("actions/checkout@")
+    ]
+    assert checkouts
+    assert all(step.get("with", {}).get("persist-credentials") is False for step in checkouts)
+
+
+@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+def test_one_qemu_and_no_action_for_a_preinstalled_tool(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert "qemu-user-static" in text
+    assert "docker/setup-qemu-action" not in text  # two QEMUs would compete for binfmt
+    assert "setup-kustomize" not in text  # kustomize is on the runner image
+    assert "services:" not in text
+
+
+def test_dependabot_keeps_the_pinned_actions_current() -> None:
+    config = load(ROOT / ".github" / "dependabot.yml")
+    ecosystems = {update["package-ecosystem"] for update in config["updates"]}
+    assert {"github-actions", "pip"} <= ecosystems
+
+
+def _zizmor(*paths: Path) -> subprocess.CompletedProcess[str]:
+    zizmor = Path(sys.executable).parent / "zizmor"
+    return subprocess.run(
+        [str(zizmor), "--offline", *map(str, paths)], capture_output=True, text=True, check=False
+    )
+
+
+def test_the_offline_audit_finds_nothing_in_our_workflows() -> None:
+    result = _zizmor(WORKFLOWS, ROOT / ".github" / "dependabot.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_offline_audit_fails_an_unpinned_checkout_that_keeps_its_token(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\npermissions: write-all\njobs:\n  j:\n    runs-on: ubuntu-24.04\n"
+        "    steps:\n      - uses: actions/checkout@v4\n"
+    )
+    result = _zizmor(bad)
+    assert result.returncode != 0
+    assert "unpinned-uses" in result.stdout and "artipacked" in result.stdout

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from tests.release.snapshot import invoke_in, snapshot_checkout
 
-from pdp_pipeline import registry
+from pdp_pipeline.images import registry
 from pdp_pipeline.platforms import select
 
 pytestmark = pytest.mark.engine

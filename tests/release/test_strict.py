@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.release.snapshot import git, invoke_in, snapshot_checkout
 
-from pdp_pipeline import registry
+from pdp_pipeline.images import registry
 
 pytestmark = pytest.mark.engine
 

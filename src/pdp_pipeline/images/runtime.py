@@ -17,16 +17,16 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline import host, registry
+from pdp_pipeline.host import probe as host
+from pdp_pipeline.images import registry
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
-Log = Callable[[str], None]
 # `registry` is also the name of ensure_runtime_image's parameter (kept for the callers).
 _registry = registry
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CACHE = ROOT / ".cache" / "runtime"
 UBI9_CONTAINERFILE = ROOT / "containers" / "runtime-ubi9.Containerfile"
 UBI9_REQUIREMENTS = ROOT / "containers" / "runtime-requirements.txt"
@@ -254,14 +254,14 @@ def ubi9_requirements() -> tuple[str, ...]:
 
 
 def _check(argv: list[str], what: str, log: Log, image: str = "", arch: str = "") -> None:
-    """Run argv; a failure that mentions a push is a RegistryError (retried), else a build error."""
+    """Run argv; a failed push is a RegistryError (retried), any other failure a build error."""
     log("  $ " + " ".join(argv))
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return
     tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
     message = f"{what} failed (exit {result.returncode}):\n{tail}"
-    if "push" in tail.lower():
+    if registry.is_push_failure(result.stdout + result.stderr):
         raise registry.RegistryError(message, image=image, arch=arch, answer=tail)
     raise RuntimeBuildError(message)
 

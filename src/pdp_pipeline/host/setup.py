@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pdp_pipeline.host import (
+from pdp_pipeline.host.plan import HostPlan, Step, install_command, plan_setup
+from pdp_pipeline.host.probe import (
     BINFMT_DIR,
     BUILDX_PLUGIN,
     DAEMON_JSON,
@@ -35,10 +36,7 @@ from pdp_pipeline.host import (
     running_dockerd,
     trixie_sources_text,
 )
-from pdp_pipeline.host_plan import HostPlan, Step, install_command, plan_setup
-
-Log = Callable[[str], None]
-
+from pdp_pipeline.log import Log
 
 # --- the files setup writes (pure) -------------------------------------------
 

@@ -17,10 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline import build_context, buildx, registry, runtime, tags
-from pdp_pipeline.build_record import (
+from pdp_pipeline.images import buildx, registry, runtime, tags
+from pdp_pipeline.images import context as build_context
+from pdp_pipeline.images.record import (
     BUILD_DIR,
     ROOT,
     ArchResult,
@@ -29,11 +29,9 @@ from pdp_pipeline.build_record import (
     record_path,
     save_record,
 )
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
-Log = Callable[[str], None]
-
-BASES = ("ubi9", "debian")
 CONTAINERFILE = Path("containers") / "Containerfile"
 
 
@@ -53,6 +51,9 @@ class BuildOptions:
     allow_fallback: bool = True
     provenance: str | None = None  # None: --provenance=false (one manifest per arch)
     extra_labels: Mapping[str, str] = field(default_factory=dict)
+    # Build every layer anew instead of reusing BuildKit's cache (which is keyed by
+    # content, not time): the reproducibility test must not pass on a cache hit.
+    no_cache: bool = False
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -62,14 +63,11 @@ class BuildOptions:
             tags.check_tag(self.tag)
 
 
-def is_local_registry(registry_addr: str) -> bool:
-    """True for this host's registry, which `invoke setup` brings up."""
-    return registry_addr.split("/", 1)[0].rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
-
-
 def check_base(base: str) -> str:
-    if base not in BASES:
-        raise BuildError(f"--base {base!r} is not a base we build on; choose {' or '.join(BASES)}")
+    if base not in runtime.BASES:
+        raise BuildError(
+            f"--base {base!r} is not a base we build on; choose {' or '.join(runtime.BASES)}"
+        )
     return base
 
 
@@ -85,7 +83,8 @@ def run_build(
     """
     started = time.monotonic()
     identity = tags.resolve_identity(root, options.tag)
-    created = tags.created_now()
+    # The commit's time, not the clock: the same commit builds the same digests.
+    created = tags.rfc3339(identity.commit_time)
     log(
         f"build: {', '.join(p.arch for p in options.archs)} as"
         f" {tags.image_ref(options.registry, options.repository, tag=identity.tag)}"
@@ -104,8 +103,12 @@ def run_build(
     (root / BUILD_DIR).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / BUILD_DIR, prefix="run-") as scratch:
         step = time.monotonic()
-        wheel = build_context.build_wheel(root, identity.version, Path(scratch) / "wheel", log)
-        context = build_context.stage_context(root, wheel, Path(scratch) / "context", log)
+        wheel = build_context.build_wheel(
+            root, identity.version, Path(scratch) / "wheel", log, epoch=identity.commit_time
+        )
+        context = build_context.stage_context(
+            root, wheel, Path(scratch) / "context", log, epoch=identity.commit_time
+        )
         log(f"build: wheel {wheel.name} staged in {time.monotonic() - step:.1f} s")
         runtimes = ensure_runtimes(options, base, log)
         results = [
@@ -125,6 +128,8 @@ def run_build(
                 ),
                 context,
                 log,
+                root=root,
+                epoch=identity.commit_time,
             )
             for platform in options.archs
         ]
@@ -160,7 +165,7 @@ def run_build(
     log(f"build: record written to {path} ({time.monotonic() - started:.1f} s so far)")
 
     if options.push and options.verify:
-        from pdp_pipeline import verify
+        from pdp_pipeline.images import verify
 
         step = time.monotonic()
         record = verify.verify_and_record(path, [r.platform.arch for r in results], log=log)
@@ -202,28 +207,35 @@ def build_arch_image(
     labels: Mapping[str, str],
     context: Path,
     log: Log = print,
+    *,
+    root: Path = ROOT,
+    epoch: int | None = None,
 ) -> ArchResult:
     """Build (and push) one architecture's plugin image; pushes are retried."""
     image_ref = tags.image_ref(options.registry, options.repository, tag=tag, arch=platform.arch)
     step = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pdp-buildx-") as scratch:
         metadata_file = Path(scratch) / "metadata.json"
+        archive = Path(scratch) / "image.oci.tar" if options.push else None
         argv = buildx.buildx_command(
             platform=platform,
-            containerfile=ROOT / CONTAINERFILE,
+            containerfile=root / CONTAINERFILE,
             context=context,
             runtime_ref=runtime_pin(image),
             labels=labels,
             image_ref=image_ref,
             metadata_file=metadata_file,
             push=options.push,
+            archive=archive,
             builder=options.builder,
             provenance=options.provenance,
+            source_date_epoch=epoch,
+            no_cache=options.no_cache,
         )
         log(f"build: [{platform.arch}] {'build and push' if options.push else 'build'} {image_ref}")
 
         def attempt() -> None:
-            buildx.run_buildx(argv, image_ref, platform, options.registry)
+            buildx.run_buildx(argv, image_ref, platform, options.registry, archive)
 
         if options.push:
             registry.with_retries(attempt, what=f"push of {image_ref} ({platform.arch})", log=log)

@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pdp_pipeline.e2e_container import BindMount, ContainerRun
-from pdp_pipeline.e2e_manifest import (
+from pdp_pipeline.e2e.container import BindMount, ContainerRun
+from pdp_pipeline.e2e.manifest import (
     ManifestShapeError,
     cpu_nanos,
     memory_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pdp_pipeline.build_record import ArchResult, BuildRecord
+from pdp_pipeline.images.record import ArchResult, BuildRecord
 
 COLUMNS = ("architecture", "digest", "size", "runtime", "verification")
 

@@ -16,13 +16,11 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline.build_record import BuildError, BuildRecord, load_record, save_record
+from pdp_pipeline.images.record import BuildError, BuildRecord, load_record, save_record
+from pdp_pipeline.log import Log
 
-Log = Callable[[str], None]
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SUITE = Path("tests") / "image"
 # How the suite finds its inputs; also settable as pytest options of the same meaning.
 RECORD_ENV = "PDP_BUILD_RECORD"

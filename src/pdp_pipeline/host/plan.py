@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdp_pipeline.host import (
+from pdp_pipeline.host.probe import (
     BINFMT_DIR,
     BUILDX_PLUGIN,
     DAEMON_JSON,

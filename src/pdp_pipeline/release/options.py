@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdp_pipeline.platforms import PLATFORMS, Platform
-from pdp_pipeline.release_version import DRY_RUN_SUFFIX, ReleaseRefused, ReleaseVersion
+from pdp_pipeline.release.version import DRY_RUN_SUFFIX, ReleaseRefused, ReleaseVersion
 
 LABEL_DRY_RUN = "io.github.power-device-plugin.dry-run"
 LABEL_RELEASE = "io.github.power-device-plugin.release"

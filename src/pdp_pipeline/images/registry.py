@@ -1,8 +1,10 @@
 """Talk to an OCI registry: tags, digests, sizes and the multi-architecture index.
 
-Everything goes through `docker buildx imagetools` so it works with any registry
-the docker CLI can reach (credentials, mirrors, TLS settings of the CLI apply),
-not only the local one. Registries have transient failures (the local one once
+Reading and indexing go through `docker buildx imagetools` so they work with any
+registry the docker CLI can reach (credentials, mirrors, TLS settings of the CLI
+apply), not only the local one; a built image's OCI archive is pushed unchanged
+with `skopeo copy --preserve-digests` (skopeo reads the docker CLI's credentials).
+Registries have transient failures (the local one once
 answered 500 to a push), so network operations retry with backoff.
 """
 
@@ -12,12 +14,13 @@ import json
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import PLATFORMS
 
 T = TypeVar("T")
-Log = Callable[[str], None]
 
 INSPECT_TIMEOUT = 60.0  # seconds; a registry that does not answer in a minute is not answering
 CREATE_TIMEOUT = 300.0
@@ -67,6 +70,47 @@ def with_retries(
             (sleep or time.sleep)(delay)
             delay *= 2
     raise AssertionError("unreachable: the loop returns or raises")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def registry_host(ref: str) -> str:
+    """The host part of a registry address or image reference, without port or brackets.
+
+    `[::1]:5000/p:v1` -> `::1`, `127.0.0.1:5000` -> `127.0.0.1`, `quay.io/x` -> `quay.io`.
+    """
+    authority = ref.split("/", 1)[0]
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.partition(":")[0]
+
+
+def is_loopback_registry(ref: str) -> bool:
+    """True for this host's registry (`invoke setup` brings it up; it speaks plain HTTP)."""
+    return registry_host(ref) in LOOPBACK_HOSTS
+
+
+# Words buildx and docker print when the build succeeded and sending it to the registry
+# did not: such a failure is worth a retry, any other is not.
+_PUSH_FAILURE_MARKERS = (
+    "failed to push",
+    "failed commit on ref",
+    "failed to do request",
+    "unexpected status",
+    "500 internal server error",
+    "connection refused",
+    "connection reset",
+    "i/o timeout",
+    "eof",
+)
+
+
+def is_push_failure(output: str) -> bool:
+    """True when a command's output says the push failed (worth a retry), not the build."""
+    lowered = output.lower()
+    tail = lowered[lowered.rfind("error:") :] if "error:" in lowered else lowered[-2000:]
+    return "push" in lowered and any(marker in tail for marker in _PUSH_FAILURE_MARKERS)
 
 
 def arch_of(ref: str) -> str:
@@ -145,6 +189,64 @@ def manifest_digest(ref: str, log: Log = print) -> str:
         return str(json.loads(text)["digest"])
 
     return with_retries(inspect, what=f"digest of {ref}", log=log)
+
+
+def tag_digest(ref: str, log: Log = print) -> str | None:
+    """The digest `ref` names, or None if the registry answers that it has no such tag."""
+    try:
+        return manifest_digest(ref, log)
+    except NotFound:
+        return None
+
+
+def image_labels(ref: str, log: Log = print) -> dict[str, str]:
+    """The labels of the image `ref` names (of its first platform, for an index)."""
+
+    def inspect() -> str:
+        return _imagetools(["inspect", "--format", "{{json .Image}}", ref], ref)
+
+    document = json.loads(with_retries(inspect, what=f"config of {ref}", log=log))
+    if isinstance(document, dict) and "config" not in document and document:
+        document = document[sorted(document)[0]]  # an index: platform -> config
+    labels = (document or {}).get("config", {}).get("Labels") or {}
+    return {str(key): str(value) for key, value in labels.items()}
+
+
+def push_archive_command(archive: Path, ref: str) -> list[str]:
+    """`skopeo copy` of an OCI archive to `ref`, byte for byte (the digest buildx reported)."""
+    argv = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests"]
+    if is_loopback_registry(ref):
+        argv.append("--dest-tls-verify=false")  # this host's registry speaks plain HTTP
+    return [*argv, f"oci-archive:{archive}", f"docker://{ref}"]
+
+
+def push_archive(archive: Path, ref: str, arch: str) -> None:
+    """Push an OCI archive to `ref` unchanged; a failure is a RegistryError (retried by callers)."""
+    argv = push_archive_command(archive, ref)
+    try:
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=CREATE_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RegistryError(
+            f"push of {ref} ({arch}) failed: `{' '.join(argv)}`: {error}",
+            image=ref,
+            arch=arch,
+            answer=str(error),
+        ) from None
+    if result.returncode != 0:
+        answer = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+        raise RegistryError(
+            f"push of {ref} ({arch}) failed; the registry answered: {answer}",
+            image=ref,
+            arch=arch,
+            answer=answer,
+        )
 
 
 def create_index(target: str, sources: Sequence[str], log: Log = print) -> str:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import runtime
+from pdp_pipeline.images import runtime
 from pdp_pipeline.platforms import Platform, by_arch, select
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_DIR = Path(".cache") / "build"
 RECORD_NAME = "last-build.json"
 RECORD_FORMAT = 1

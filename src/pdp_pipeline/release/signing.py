@@ -62,12 +62,6 @@ class Signer:
         return f"key {self.key.name if self.key else '?'} ({log})"
 
 
-def is_loopback_registry(ref: str) -> bool:
-    """True for refs on this host's registry, which speaks plain HTTP."""
-    host = ref.split("/", 1)[0]
-    return host.split(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
-
-
 def _common_flags(signer: Signer, *, signing: bool) -> list[str]:
     flags: list[str] = []
     if signing:

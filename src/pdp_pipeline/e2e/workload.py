@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pdp_pipeline.e2e_container import BindMount, ContainerRun
+from pdp_pipeline.e2e.container import BindMount, ContainerRun
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The command line (platform, runtime pinned by digest, labels, push or load,
 provenance), the digest buildx reports in its metadata file, and whether a
-failure was the push (worth a retry, reported as a RegistryError) or the build.
+failure was the push (`registry.is_push_failure`: a RegistryError, retried) or the build.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import registry
-from pdp_pipeline.build_record import BuildError, last_lines
+from pdp_pipeline.images import registry
+from pdp_pipeline.images.record import BuildError, last_lines
 from pdp_pipeline.platforms import Platform
+
+# The image is written as an OCI archive with its timestamps rewritten to
+# SOURCE_DATE_EPOCH, then pushed as it is (registry.push_archive). BuildKit 0.13
+# refuses `rewrite-timestamp=true` on the engine's own image exporter, which unpacks
+# every image into the containerd store ("conflicts with unpack"), and without it the
+# directories a COPY writes into carry the build's wall-clock time.
+ARCHIVE_OUTPUT = "type=oci,dest={archive},rewrite-timestamp=true"
 
 
 def buildx_command(
@@ -27,10 +34,19 @@ def buildx_command(
     image_ref: str,
     metadata_file: Path,
     push: bool,
+    archive: Path | None = None,
     builder: str | None = None,
     provenance: str | None = None,
+    source_date_epoch: int | None = None,
+    no_cache: bool = False,
 ) -> list[str]:
-    """The `docker buildx build` of one architecture's plugin image."""
+    """The `docker buildx build` of one architecture's plugin image.
+
+    With `push`, the image goes to `archive` (an OCI archive, OCI media types, so
+    the index made of the pushes is an OCI index), every time in it rewritten to
+    SOURCE_DATE_EPOCH (the commit time): its `created`, its history and the mtimes
+    in its layers. Without `push` it is loaded into the local engine.
+    """
     argv = [
         "docker",
         "buildx",
@@ -43,10 +59,20 @@ def buildx_command(
         "--build-arg",
         f"RUNTIME_IMAGE={runtime_ref}",
     ]
+    if source_date_epoch is not None:
+        argv += ["--build-arg", f"SOURCE_DATE_EPOCH={source_date_epoch}"]
     for key in sorted(labels):
         argv += ["--label", f"{key}={labels[key]}"]
-    argv += ["-t", image_ref, "--push" if push else "--load"]
+    argv += ["-t", image_ref]
+    if push:
+        if archive is None:
+            raise BuildError(f"a pushed build of {image_ref} needs an archive path to write to")
+        argv += ["--output", ARCHIVE_OUTPUT.format(archive=archive)]
+    else:
+        argv.append("--load")
     argv += ["--metadata-file", str(metadata_file)]
+    if no_cache:
+        argv.append("--no-cache")
     if builder:
         argv += ["--builder", builder]
     # buildx's default (min provenance) would turn every per-arch push into an index.
@@ -65,36 +91,26 @@ def digest_from_metadata(metadata: Mapping[str, Any], image_ref: str) -> str:
     return digest
 
 
-# Words buildx prints when the build succeeded and sending it to the registry did not.
-_PUSH_FAILURE_MARKERS = (
-    "failed to push",
-    "failed commit on ref",
-    "failed to do request",
-    "unexpected status",
-    "500 internal server error",
-    "connection refused",
-    "connection reset",
-    "i/o timeout",
-    "eof",
-)
+def run_buildx(
+    argv: Sequence[str],
+    image_ref: str,
+    platform: Platform,
+    registry_addr: str,
+    archive: Path | None = None,
+) -> None:
+    """Run one build and push its `archive` (if any) to image_ref.
 
-
-def is_push_failure(output: str) -> bool:
-    """True when buildx output says the push failed (worth a retry), not the build."""
-    lowered = output.lower()
-    tail = lowered[lowered.rfind("error:") :] if "error:" in lowered else lowered[-2000:]
-    return "push" in lowered and any(marker in tail for marker in _PUSH_FAILURE_MARKERS)
-
-
-def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform, registry_addr: str) -> None:
-    """Run one build; a failed push is a RegistryError (worth a retry), the rest a BuildError."""
+    A failed push is a RegistryError (worth a retry), any other failure a BuildError.
+    """
     result = subprocess.run(
         list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
     if result.returncode == 0:
+        if archive is not None:
+            registry.push_archive(archive, image_ref, platform.arch)
         return
     output = result.stdout + result.stderr
-    if is_push_failure(output):
+    if registry.is_push_failure(output):
         answer = last_lines(output, 8)
         raise registry.RegistryError(
             f"push of {image_ref} ({platform.arch}) to {registry_addr} failed; the registry"

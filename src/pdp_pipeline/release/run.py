@@ -16,34 +16,36 @@ A dry run (`--dry-run`) does all of it against the local registry with a
 throwaway key, and is the only mode that accepts another base (debian, or a
 `--base-image` mirror); every artifact it makes is marked as a dry run.
 
-This module holds the order only. The version and tags are `release_version`'s,
-what may be asked for is `release_options`'s, the provenance check is
-`provenance`'s, the record and its summary are `release_summary`'s, and the
-real side effects behind `Steps` are wired in `release_steps`.
+This module holds the order only. The version and tags are `version`'s, what
+may be asked for is `options`'s, the provenance check is `provenance`'s, whether
+a tag may be pushed (a release never moves) is `published`'s, the record and its
+summary are `summary`'s, and the real side effects behind `Steps` are wired in
+`steps`.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import registry, sbom, signing
-from pdp_pipeline.provenance import missing_provenance
-from pdp_pipeline.release_options import ReleaseOptions, build_labels, build_settings, check_options
-from pdp_pipeline.release_summary import ArchRelease, ReleaseRecord, write_summary
-from pdp_pipeline.release_version import (
+from pdp_pipeline.images import registry
+from pdp_pipeline.log import Log
+from pdp_pipeline.release import sbom, signing
+from pdp_pipeline.release.options import ReleaseOptions, build_labels, build_settings, check_options
+from pdp_pipeline.release.provenance import missing_provenance
+from pdp_pipeline.release.published import TagPlan, plan_tags
+from pdp_pipeline.release.summary import ArchRelease, ReleaseRecord, write_summary
+from pdp_pipeline.release.version import (
     ReleaseVersion,
     candidate_tag,
     read_git_state,
     release_tags,
     release_version,
 )
-
-Log = Callable[[str], None]
 
 
 class ReleaseFailed(Exception):
@@ -73,6 +75,8 @@ class Steps:
     cosign: Callable[..., str]
     make_signer: Callable[[ReleaseOptions, Path], signing.Signer]
     pin_and_render: Callable[[str, Path, bool], list[Path]]
+    tag_digest: Callable[[str], str | None]  # None: the registry has no such tag
+    release_label: Callable[[str], str | None]  # the release label of the image a ref names
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,18 @@ def run_release(
     log(f"release: signing with {signer.describe()}")
 
     candidate = _build_candidate(options, version, candidate_name, repository, steps)
+    # Before anything is signed: a tag that already names another digest stops here.
+    plan = plan_tags(
+        repository,
+        tags,
+        version,
+        candidate.build.index_digest,
+        tag_digest=steps.tag_digest,
+        release_label=steps.release_label,
+        dry_run=options.dry_run,
+    )
+    for tag in plan.moved:
+        log(f"release: DRY RUN: {repository}:{tag} names another digest; a release would stop")
     created = datetime.now(timezone.utc).replace(microsecond=0)
     marks = {"dry-run": "true"} if options.dry_run else {}
     sboms = _attach_sboms(
@@ -135,7 +151,7 @@ def run_release(
     verified = _sign_and_verify(candidate, repository, signer, {"release": tags[0], **marks}, steps)
     if verified:
         log("release: signature and SBOM attestations verified")
-    _push_release_tags(candidate, repository, tags, steps, log)
+    _push_release_tags(candidate, repository, plan, steps, log)
 
     artifacts: list[Path] = [path for path, _ in sboms.values()]
     if signer.public_key is not None:
@@ -272,11 +288,13 @@ def _sign_and_verify(
 
 
 def _push_release_tags(
-    candidate: _Candidate, repository: str, tags: Sequence[str], steps: Steps, log: Log
+    candidate: _Candidate, repository: str, plan: TagPlan, steps: Steps, log: Log
 ) -> None:
-    """The signed index under each release tag, digest unchanged (or stop)."""
+    """The signed index under each release tag to push, digest unchanged (or stop)."""
     signed = candidate.build.index_digest
-    for tag in tags:
+    for tag in plan.unchanged:
+        log(f"release: {repository}:{tag} already names {signed}; left as it is")
+    for tag in plan.push:
         digest = steps.create_index(f"{repository}:{tag}", [candidate.index_ref], log=log)
         if digest != signed:
             raise ReleaseFailed(

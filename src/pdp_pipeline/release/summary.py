@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pdp_pipeline import signing
+from pdp_pipeline.release import signing
 
 SUMMARY_MARKDOWN = "release-summary.md"
 SUMMARY_JSON = "release-summary.json"

@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pdp_pipeline import registry, sbom, signing
-from pdp_pipeline.release import Log, Steps
-from pdp_pipeline.release_options import ReleaseOptions
-from pdp_pipeline.release_version import ReleaseRefused
+from pdp_pipeline.images import registry
+from pdp_pipeline.log import Log
+from pdp_pipeline.release import sbom, signing
+from pdp_pipeline.release.options import LABEL_RELEASE, ReleaseOptions
+from pdp_pipeline.release.run import Steps
+from pdp_pipeline.release.version import ReleaseRefused
 
 PROVENANCE = "mode=max"
 DRY_RUN_KEY_DIR = Path(".cache") / "release" / "cosign-dryrun"
@@ -46,7 +48,7 @@ def make_signer(options: ReleaseOptions, root: Path) -> signing.Signer:
     import os
 
     check_signing(options, os.environ)
-    insecure = signing.is_loopback_registry(options.registry)
+    insecure = registry.is_loopback_registry(options.registry)
     if options.key is not None:
         public = options.key.with_suffix(".pub")
         return signing.Signer(
@@ -91,7 +93,8 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
     """The steps wired to buildx, the registry, the engine, cosign and kustomize."""
     import os
 
-    from pdp_pipeline import build, build_record
+    from pdp_pipeline.images import build
+    from pdp_pipeline.images import record as build_record
 
     throwaway = options.dry_run and options.key is None
 
@@ -126,4 +129,6 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
         cosign=cosign,
         make_signer=make_signer,
         pin_and_render=lambda pinned, out, dry: pin_and_render(root, pinned, out, dry),
+        tag_digest=lambda ref: registry.tag_digest(ref, log=log),
+        release_label=lambda ref: registry.image_labels(ref, log=log).get(LABEL_RELEASE),
     )

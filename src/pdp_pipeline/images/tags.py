@@ -174,6 +174,9 @@ class Identity:
     version: str
     revision: str
     description: str
+    # HEAD's commit time (seconds since the epoch): SOURCE_DATE_EPOCH of the build and
+    # the image's `created`, so one commit builds the same digests wherever it is built.
+    commit_time: int = 0
 
 
 def describe(root: Path) -> str:
@@ -201,12 +204,30 @@ def resolve_identity(root: Path, tag: str | None = None) -> Identity:
         chosen = check_tag(tag)
         if re.match(r"^v\d", chosen):
             version = release_of(chosen)
-    return Identity(tag=chosen, version=version, revision=revision(root), description=text)
+    return Identity(
+        tag=chosen,
+        version=version,
+        revision=revision(root),
+        description=text,
+        commit_time=commit_time(root),
+    )
 
 
-def created_now() -> str:
-    """The `created` label value: RFC 3339, UTC, whole seconds."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def commit_time(root: Path) -> int:
+    """HEAD's committer time, seconds since the epoch (`git log -1 --format=%ct`)."""
+    text = _git(root, ["git", "log", "-1", "--format=%ct"])
+    try:
+        return int(text)
+    except ValueError:
+        raise TagError(
+            f"`git log -1 --format=%ct` in {root} printed {text!r}, not a time"
+        ) from None
+
+
+def rfc3339(epoch: int) -> str:
+    """The `created` label value of a time: RFC 3339, UTC, whole seconds."""
+    moment = datetime.fromtimestamp(epoch, timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def oci_labels(

@@ -13,11 +13,9 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable
 
-from pdp_pipeline.build_record import BuildError, last_lines
-
-Log = Callable[[str], None]
+from pdp_pipeline.images.record import BuildError, last_lines
+from pdp_pipeline.log import Log
 
 LAUNCHER = Path("containers") / "power-device-plugin"
 # Where the image expects the unpacked plugin (ENV PYTHONPATH in the Containerfile).
@@ -30,10 +28,16 @@ def wheel_command(python: str, root: Path, outdir: Path) -> list[str]:
     return [python, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir), str(root)]
 
 
-def wheel_env(version: str, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment that makes setuptools-scm use our version, not its own guess."""
+def wheel_env(version: str, env: Mapping[str, str], epoch: int | None = None) -> dict[str, str]:
+    """The environment that makes setuptools-scm use our version, not its own guess.
+
+    With `epoch` (the commit time) as SOURCE_DATE_EPOCH the wheel's zip entries
+    carry that time, not the build's: the same commit builds the same wheel.
+    """
+    fixed = {"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}
     return {
         **env,
+        **fixed,
         "SETUPTOOLS_SCM_PRETEND_VERSION": version,
         "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_POWER_DEVICE_PLUGIN": version,
     }
@@ -57,21 +61,30 @@ def stage_command(python: str, wheel: Path, site_packages: Path) -> list[str]:
     ]
 
 
-def build_wheel(root: Path, version: str, outdir: Path, log: Log = print) -> Path:
-    """Build the plugin wheel once, with `version` as its version."""
+def build_wheel(
+    root: Path, version: str, outdir: Path, log: Log = print, *, epoch: int | None = None
+) -> Path:
+    """Build the plugin wheel once, with `version` as its version (and `epoch` its time)."""
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)
     argv = wheel_command(sys.executable, root, outdir)
-    _run_step(argv, "the plugin wheel", env=wheel_env(version, os.environ), log=log)
+    _run_step(argv, "the plugin wheel", env=wheel_env(version, os.environ, epoch), log=log)
     wheels = sorted(outdir.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one wheel in {outdir} after `{' '.join(argv)}`, found {wheels}")
     return wheels[0]
 
 
-def stage_context(root: Path, wheel: Path, context: Path, log: Log = print) -> Path:
-    """The build context of containers/Containerfile: site-packages/ and the launcher."""
+def stage_context(
+    root: Path, wheel: Path, context: Path, log: Log = print, *, epoch: int | None = None
+) -> Path:
+    """The build context of containers/Containerfile: site-packages/ and the launcher.
+
+    Nothing in it depends on where or when it was staged: pip's record of the wheel's
+    path (`direct_url.json`) is dropped and, with `epoch`, every mtime is set to
+    it (COPY keeps mtimes, so they would otherwise carry the clone's time into the layer).
+    """
     if context.exists():
         shutil.rmtree(context)
     context.mkdir(parents=True)
@@ -82,7 +95,32 @@ def stage_context(root: Path, wheel: Path, context: Path, log: Log = print) -> P
     launcher = context / LAUNCHER.name
     shutil.copyfile(root / LAUNCHER, launcher)
     launcher.chmod(0o755)
+    drop_install_location(site_packages)
+    if epoch is not None:
+        pin_mtimes(context, epoch)
     return context
+
+
+def drop_install_location(site_packages: Path) -> None:
+    """Remove `direct_url.json` (it names the wheel's absolute path) and its RECORD line."""
+    for dist_info in site_packages.glob("*.dist-info"):
+        direct_url = dist_info / "direct_url.json"
+        if not direct_url.exists():
+            continue
+        direct_url.unlink()
+        record = dist_info / "RECORD"
+        if record.exists():
+            entry = f"{dist_info.name}/direct_url.json,"
+            lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+            record.write_text(
+                "".join(line for line in lines if not line.startswith(entry)), encoding="utf-8"
+            )
+
+
+def pin_mtimes(tree: Path, epoch: int) -> None:
+    """Set the mtime of `tree` and everything in it to `epoch` (links themselves too)."""
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
 def _run_step(

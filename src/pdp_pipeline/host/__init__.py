@@ -1,0 +1,1 @@
+"""Make this machine able to build: `probe` reads it, `plan` decides, `setup` acts."""
