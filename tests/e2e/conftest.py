@@ -21,7 +21,10 @@ import pytest
 from tests.e2e.loopdev import LoopDevices
 from tests.e2e.node import Figure, Node, remove_leftover_containers
 
-from pdp_pipeline import build, build_record, e2e_manifest, manifests
+from pdp_pipeline import manifests
+from pdp_pipeline.e2e import manifest as e2e_manifest
+from pdp_pipeline.images import build
+from pdp_pipeline.images import record as build_record
 from pdp_pipeline.platforms import by_arch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,9 +6,9 @@
 - a directory that stands in for the ConfigMap volume, laid out and updated the
   way the kubelet's atomic writer does (`..data` symlink swap),
 - the plugin container, run by the Docker engine with exactly the settings of
-  the rendered DaemonSet (`pdp_pipeline.e2e_plugin_run.plugin_run`),
+  the rendered DaemonSet (`pdp_pipeline.e2e.plugin_run.plugin_run`),
 - workload containers started from `Allocate` answers
-  (`pdp_pipeline.e2e_workload.workload_run`),
+  (`pdp_pipeline.e2e.workload.workload_run`),
 and removes every container it started, whatever happens.
 """
 
@@ -33,7 +33,10 @@ import docker.errors
 from tests.e2e.loopdev import LoopDevice
 from tests.integration.kubelet_stub import Devices, KubeletStub
 
-from pdp_pipeline import e2e_container, e2e_manifest, e2e_plugin_run, e2e_workload
+from pdp_pipeline.e2e import container as e2e_container
+from pdp_pipeline.e2e import manifest as e2e_manifest
+from pdp_pipeline.e2e import plugin_run as e2e_plugin_run
+from pdp_pipeline.e2e import workload as e2e_workload
 from power_device_plugin.api import pb
 
 SUITE_LABEL = "io.power-dev-plugin.e2e"

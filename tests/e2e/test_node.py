@@ -28,7 +28,9 @@ from tests.e2e.node import (
 )
 from tests.integration.kubelet_stub import Devices, Registration
 
-from pdp_pipeline import e2e_manifest, e2e_plugin_run, e2e_workload
+from pdp_pipeline.e2e import manifest as e2e_manifest
+from pdp_pipeline.e2e import plugin_run as e2e_plugin_run
+from pdp_pipeline.e2e import workload as e2e_workload
 
 pytestmark = [
     pytest.mark.engine,

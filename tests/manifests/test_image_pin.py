@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from pdp_pipeline import build, manifests
+from pdp_pipeline import manifests
+from pdp_pipeline.images import build
 
 Rendered = Callable[[str], list[dict[str, Any]]]
 
