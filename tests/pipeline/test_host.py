@@ -235,15 +235,31 @@ def test_trixie_pin_is_low_priority() -> None:
     assert "Pin-Priority: 100" in host.TRIXIE_PIN_TEXT
 
 
-def test_daemon_json_gets_the_store_and_keeps_other_settings() -> None:
+def test_daemon_json_gets_the_store_and_cdi_and_keeps_other_settings() -> None:
     text = host_setup.daemon_json_with_store('{"debug": true, "features": {"buildkit": true}}')
     assert json.loads(text) == {
         "debug": True,
-        "features": {"buildkit": True, "containerd-snapshotter": True},
+        "features": {"buildkit": True, "cdi": True, "containerd-snapshotter": True},
     }
     assert json.loads(host_setup.daemon_json_with_store("")) == {
-        "features": {"containerd-snapshotter": True}
+        "features": {"cdi": True, "containerd-snapshotter": True}
     }
+
+
+def test_an_engine_setup_started_without_cdi_is_restarted_after_daemon_json() -> None:
+    facts = dataclasses.replace(
+        READY, engine_cdi=False, engine_started_by_setup=True, daemon_json_current=False
+    )
+    assert actions(facts) == ["daemon-json", "restart-dockerd"]
+    assert "CDI" in plan_setup(facts).steps[-1].why
+
+
+def test_an_engine_setup_did_not_start_is_never_restarted_but_named() -> None:
+    plan = plan_setup(dataclasses.replace(READY, engine_cdi=False, engine_started_by_setup=False))
+    assert plan.steps == ()
+    (missing,) = plan.missing
+    assert missing.piece.startswith("CDI in the engine")
+    assert '"cdi": true' in missing.fix
 
 
 def test_daemon_json_that_is_not_an_object_is_left_alone() -> None:

@@ -89,18 +89,35 @@ def _plan_packages(facts: HostFacts, installing: tuple[str, ...]) -> Plan:
 
 def _plan_engine(facts: HostFacts, installing: tuple[str, ...]) -> Plan:
     if facts.engine_answers:
-        if facts.containerd_store:
+        if facts.containerd_store and facts.engine_cdi:
             return [], []
+        if facts.engine_started_by_setup and facts.can_apt:
+            steps = []
+            if not facts.daemon_json_current:
+                steps.append(
+                    Step(
+                        "daemon-json", f"enable the containerd image store and CDI in {DAEMON_JSON}"
+                    )
+                )
+            lacking = "the containerd image store" if not facts.containerd_store else "CDI"
+            steps.append(
+                Step("restart-dockerd", f"the engine setup started runs without {lacking}")
+            )
+            return steps, []
         fix = (
-            f'add {{"features": {{"containerd-snapshotter": true}}}} to {DAEMON_JSON}'
+            f'add {{"features": {{"containerd-snapshotter": true, "cdi": true}}}} to {DAEMON_JSON}'
             " and restart the engine"
         )
-        store = "the containerd image store (multi-platform images and OCI indexes need it)"
-        return [], [Missing(store, fix)]
+        if not facts.containerd_store:
+            store = "the containerd image store (multi-platform images and OCI indexes need it)"
+            return [], [Missing(store, fix)]
+        return [], [Missing("CDI in the engine (the node suite's CDI grants need it)", fix)]
     if facts.can_apt and (facts.dockerd_installed or "docker.io" in installing):
         steps = []
         if not facts.daemon_json_current:
-            steps.append(Step("daemon-json", f"enable the containerd image store in {DAEMON_JSON}"))
+            steps.append(
+                Step("daemon-json", f"enable the containerd image store and CDI in {DAEMON_JSON}")
+            )
         steps.append(Step("start-dockerd", "no Docker engine answers on this host"))
         return steps, []
     fix = (

@@ -69,7 +69,7 @@ class HostFacts:
     dockerd_installed: bool
     engine_answers: bool
     containerd_store: bool  # the engine uses the containerd image store
-    daemon_json_current: bool  # daemon.json enables the containerd snapshotter
+    daemon_json_current: bool  # daemon.json enables the containerd snapshotter and CDI
     buildx_works: bool  # `docker buildx version` with the first `docker` on PATH
     buildx_plugin_present: bool  # Debian's plugin file exists
     binfmt_mounted: bool
@@ -77,6 +77,10 @@ class HostFacts:
     emulated_machines: tuple[str, ...]  # of those, the ones binfmt_misc will run
     registry_answers: bool
     registry_installed: bool
+    # The engine reads CDI specs (its `cdi` feature: the node suite's CDI grants need it).
+    engine_cdi: bool = True
+    # The running dockerd is the one setup starts (same flags), so setup may restart it.
+    engine_started_by_setup: bool = False
 
 
 # --- the apt sources ---------------------------------------------------------
@@ -132,6 +136,8 @@ def probe() -> HostFacts:
         emulated_machines=tuple(m for m in foreign if binfmt_runs(m)),
         registry_answers=registry_answers(),
         registry_installed=shutil.which("docker-registry") is not None,
+        engine_cdi=engine is not None and reads_cdi_specs(engine),
+        engine_started_by_setup=dockerd_started_by_setup(),
     )
 
 
@@ -165,6 +171,23 @@ def running_dockerd() -> int | None:
     except (OSError, ValueError):
         return None
     return pid if comm == "dockerd" else None
+
+
+def dockerd_started_by_setup() -> bool:
+    """Whether the live dockerd runs with exactly the flags setup starts it with."""
+    pid = running_dockerd()
+    if pid is None:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return [a.decode() for a in argv if a][1:] == list(DOCKERD_FLAGS)
+
+
+def reads_cdi_specs(info: dict[str, object]) -> bool:
+    """`docker info` lists CDI spec directories only when the engine's cdi feature is on."""
+    return bool(info.get("CDISpecDirs"))
 
 
 def uses_containerd_store(info: dict[str, object]) -> bool:
@@ -241,10 +264,10 @@ def daemon_json_current() -> bool:
         config = json.loads(DAEMON_JSON.read_text())
     except (OSError, ValueError):
         return False
-    return (
-        isinstance(config, dict)
-        and config.get("features", {}).get("containerd-snapshotter") is True
-    )
+    if not isinstance(config, dict) or not isinstance(config.get("features"), dict):
+        return False
+    features = config["features"]
+    return features.get("containerd-snapshotter") is True and features.get("cdi") is True
 
 
 def command_succeeds(argv: list[str]) -> bool:

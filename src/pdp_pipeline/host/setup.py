@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -42,12 +43,17 @@ from pdp_pipeline.log import Log
 
 
 def daemon_json_with_store(current: str) -> str:
-    """daemon.json text with the containerd snapshotter on, other settings kept."""
+    """daemon.json text with the containerd snapshotter and CDI on, other settings kept.
+
+    The containerd store is what lets the default buildx driver push multi-platform
+    images; CDI is what lets `docker run --device <vendor>/<class>=<name>` take the
+    plugin's CDI grants (the node suite proves them that way)."""
     config = json.loads(current) if current.strip() else {}
     if not isinstance(config, dict):
         raise HostError(f"{DAEMON_JSON} is not a JSON object; left unchanged")
     features = config.setdefault("features", {})
     features["containerd-snapshotter"] = True
+    features["cdi"] = True
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
@@ -88,6 +94,7 @@ def act(plan: HostPlan, paths: HostPaths, log: Log = print) -> None:
         "apt-install": _apt_install,
         "daemon-json": _write_daemon_json,
         "start-dockerd": _start_dockerd,
+        "restart-dockerd": _restart_dockerd,
         "link-buildx": _link_buildx,
         "mount-binfmt": _mount_binfmt,
         "enable-binfmt": _enable_binfmt,
@@ -213,6 +220,21 @@ def _start_dockerd(step: Step, paths: HostPaths, log: Log) -> None:
     process = _start_background("dockerd", ["dockerd", *DOCKERD_FLAGS], paths, log)
     _wait_until("dockerd", lambda: engine_info() is not None, process, paths, timeout=60)
     log("  engine answers")
+
+
+def _restart_dockerd(step: Step, paths: HostPaths, log: Log) -> None:
+    """Stop the dockerd setup started (containers stop with it) and start it again, so it
+    reads daemon.json anew. Only planned for an engine with setup's own flags."""
+    pid = running_dockerd()
+    if pid is not None:
+        log(f"  stopping dockerd (pid {pid}) to apply {DAEMON_JSON}")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while running_dockerd() == pid:
+            if time.monotonic() > deadline:
+                raise HostError(f"dockerd (pid {pid}) did not stop within 60 s of SIGTERM")
+            time.sleep(0.2)
+    _start_dockerd(step, paths, log)
 
 
 def _link_buildx(step: Step, paths: HostPaths, log: Log) -> None:
