@@ -59,6 +59,9 @@ report = {"uid": os.getuid(), "groups": sorted(os.getgroups()),
           "dev": sorted(os.listdir("/dev")), "devices": {}}
 for path in paths:
     entry = {"exists": os.path.exists(path)}
+    if entry["exists"]:
+        st = os.stat(path)
+        entry["owner"] = [st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)]
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -125,6 +128,7 @@ def grant_view(response: pb.ContainerAllocateResponse) -> e2e_workload.Container
             for m in response.mounts
         ),
         annotations=dict(response.annotations),
+        cdi_devices=tuple(d.name for d in response.cdi_devices),
     )
 
 
@@ -340,6 +344,7 @@ class Node:
         group_add: Sequence[str] | None = None,
         write: bool = False,
         read_length: int = 64,
+        via: str = e2e_workload.VIA_DEVICE_SPECS,
     ) -> WorkloadReport:
         """Run the least-privilege workload with the grant applied; report what it saw."""
         groups = (
@@ -355,6 +360,7 @@ class Node:
             entrypoint=("python3", "-c", WORKLOAD_SCRIPT),
             command=("write" if write else "read", str(read_length), *paths),
             labels={SUITE_LABEL: self.run_id},
+            via=via,
         )
         container = self._start_container(
             name=f"pdp-e2e-workload-{self.run_id}-{len(self._containers)}", **run.docker_kwargs()

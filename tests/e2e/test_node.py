@@ -31,6 +31,7 @@ from tests.integration.kubelet_stub import Devices, Registration
 from pdp_pipeline.e2e import manifest as e2e_manifest
 from pdp_pipeline.e2e import plugin_run as e2e_plugin_run
 from pdp_pipeline.e2e import workload as e2e_workload
+from power_device_plugin import cdi
 
 pytestmark = [
     pytest.mark.engine,
@@ -304,3 +305,108 @@ def test_a_missing_config_at_start_grants_nothing_until_the_config_map_appears(
     node.write_config(plugin_config(loops.glob, []))
     listed = node.wait_for_list(lambda d: len(healthy(d)) == 2, timeout=START_TIMEOUT)
     assert set(node.ids_by_path(listed)) == {d.path for d in devices}
+
+
+# -- CDI: the engine resolves the plugin's CDI names from the spec it keeps ----------
+
+CDI_OWNER = {"uid": 1000, "gid": 1000, "mode": "0600"}
+
+
+def cdi_spec_path(node: Node) -> Path:
+    """Where the plugin's spec lands on this host: the DaemonSet's CDI hostPath."""
+    cdi_dir = e2e_plugin_run.plugin_setting(node.plugin_run, "--cdi-dir")
+    host_dir = node.plugin_run.host_path_of(cdi_dir)
+    assert host_dir is not None, f"--cdi-dir {cdi_dir} is not on a hostPath volume"
+    return Path(host_dir) / cdi.spec_file_name(cdi.cdi_kind_for(registration_resource(node)))
+
+
+def registration_resource(node: Node) -> str:
+    return e2e_plugin_run.plugin_setting(node.plugin_run, "--resource")
+
+
+def spec_device_paths(spec_path: Path) -> dict[str, list[str]]:
+    """CDI device name → the host paths of its device nodes, from the file on disk."""
+    spec = json.loads(spec_path.read_text())
+    return {
+        device["name"]: [n["hostPath"] for n in device["containerEdits"]["deviceNodes"]]
+        for device in spec["devices"]
+    }
+
+
+@pytest.fixture
+def cdi_engine(docker_client: Any) -> None:
+    """The engine must read CDI specs (`invoke setup` turns its cdi feature on)."""
+    spec_dirs = docker_client.info().get("CDISpecDirs") or []
+    assert "/var/run/cdi" in spec_dirs, (
+        f"the engine reads CDI specs from {spec_dirs}: run `invoke setup` (it enables the "
+        "engine's cdi feature)"
+    )
+    Path("/var/run/cdi").mkdir(parents=True, exist_ok=True)
+
+
+def test_with_cdi_a_non_root_workload_without_the_disk_group_opens_the_granted_nodes(
+    node: Node, loops: LoopDevices, cdi_engine: None
+) -> None:
+    # root:root 0600 on the host, as on a node without udev: no group could open them.
+    devices = [loops.create(i, udev_rule=False) for i in range(2)]
+    config = plugin_config(loops.glob, [], grant_mode="all")
+    node.write_config({**config, "cdi": "only", "device-owner": CDI_OWNER})
+    node.start()
+    node.kubelet.wait_for_registration(timeout=START_TIMEOUT)
+    listed = node.wait_for_list(lambda d: len(healthy(d)) == 2, timeout=START_TIMEOUT)
+    spec_path = cdi_spec_path(node)
+
+    grant = node.allocate(sorted(healthy(listed))[:1])
+    report = node.run_workload(grant, [d.path for d in devices], group_add=(), via="cdi")
+
+    assert grant.devices == ()  # cdi: only — the workload gets its nodes from the spec alone
+    kind = cdi.cdi_kind_for(registration_resource(node))
+    assert grant.cdi_devices == (f"{kind}=all",)
+    assert sorted(spec_device_paths(spec_path)["all"]) == sorted(d.path for d in devices)
+    assert grant.envs["PDP_DEVICES"] == ",".join(sorted(d.path for d in devices))
+    assert report.exit_code == 0, report.output
+    assert (report.uid, report.groups, report.cap_eff) == (1000, (1000,), "0000000000000000")
+    for device in devices:
+        assert report.devices[device.path]["owner"] == [1000, 1000, "0o600"]
+        assert report.read_marker(device) == device.marker, report.output
+
+
+def test_with_cdi_a_read_only_grant_still_refuses_writes(
+    node: Node, loops: LoopDevices, cdi_engine: None
+) -> None:
+    device = loops.create(0, udev_rule=False)
+    config = plugin_config(loops.glob, [], permissions="r")
+    node.write_config({**config, "device-owner": CDI_OWNER})
+    node.start()
+    node.kubelet.wait_for_registration(timeout=START_TIMEOUT)
+    listed = node.wait_for_list(lambda d: len(healthy(d)) == 1, timeout=START_TIMEOUT)
+
+    grant = node.allocate(sorted(healthy(listed)))
+    report = node.run_workload(grant, [device.path], group_add=(), write=True, via="cdi")
+
+    assert report.read_marker(device) == device.marker, report.output
+    # The owner may open it for writing; the device cgroup from the spec's "r" may not.
+    assert report.devices[device.path]["write_error"] == "EPERM"
+
+
+def test_the_cdi_spec_follows_the_devices_and_leaves_with_the_plugin(
+    node: Node, loops: LoopDevices, cdi_engine: None
+) -> None:
+    devices, _, _, _ = start_node(node, loops, granted=2)
+    spec_path = cdi_spec_path(node)
+    assert sorted(p for paths in spec_device_paths(spec_path).values() for p in paths) == sorted(
+        d.path for d in devices
+    )
+
+    loops.remove(devices[1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        named = {p for paths in spec_device_paths(spec_path).values() for p in paths}
+        if devices[1].path not in named:
+            break
+        time.sleep(0.05)
+    assert named == {devices[0].path}, node.plugin_logs()[-2000:]
+
+    exit_code, _ = node.stop_plugin()
+    assert exit_code == 0
+    assert not spec_path.exists()

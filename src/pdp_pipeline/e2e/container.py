@@ -35,6 +35,9 @@ class ContainerRun:
     environment: Mapping[str, str] = field(default_factory=dict)
     binds: tuple[BindMount, ...] = ()
     devices: tuple[str, ...] = ()
+    # Fully qualified CDI device names (`docker run --device vendor/class=name`); the
+    # engine resolves them from its CDI spec directories (its `cdi` feature on).
+    cdi_devices: tuple[str, ...] = ()
     user: str | None = None
     group_add: tuple[str, ...] = ()
     read_only: bool = False
@@ -76,6 +79,11 @@ class ContainerRun:
             kwargs["mem_limit"] = self.memory_limit_bytes
         if self.nano_cpus is not None:
             kwargs["nano_cpus"] = self.nano_cpus
+        if self.cdi_devices:
+            # What the CLI sends for `--device <cdi name>`: a device request of driver "cdi".
+            kwargs["device_requests"] = [
+                {"Driver": "cdi", "DeviceIDs": list(self.cdi_devices), "Count": 0}
+            ]
         return kwargs
 
     def host_path_of(self, container_path: str) -> str | None:

@@ -30,6 +30,8 @@ PLUGIN_SETTINGS: Mapping[str, tuple[str, str]] = {
     "--plugin-dir": ("PDP_PLUGIN_DIR", "/var/lib/kubelet/device-plugins"),
     "--dev-root": ("PDP_DEV_ROOT", "/dev"),
     "--sys-root": ("PDP_SYS_ROOT", "/sys"),
+    "--host-proc": ("PDP_HOST_PROC", "/proc"),
+    "--cdi-dir": ("PDP_CDI_DIR", "/var/run/cdi"),
     "--socket-name": ("PDP_SOCKET_NAME", "power-dev.csi.ibm.com-reg.sock"),
     "--resource": ("PDP_RESOURCE", "power-dev-plugin/dev"),
     "--listen": ("PDP_LISTEN", ":8080"),

@@ -33,6 +33,13 @@ class ContainerGrantView:
     envs: Mapping[str, str] = field(default_factory=dict)
     mounts: tuple[BindMount, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
+    cdi_devices: tuple[str, ...] = ()
+
+
+# How the runtime is handed the grant: its DeviceSpecs, or its CDI names (a runtime
+# with CDI applies the spec's device nodes, owner and mode instead of the host's).
+VIA_DEVICE_SPECS = "device-specs"
+VIA_CDI = "cdi"
 
 
 _PERMISSIONS = re.compile(r"^[rwm]{1,3}$")
@@ -70,12 +77,18 @@ def workload_run(
     entrypoint: Sequence[str],
     command: Sequence[str],
     labels: Mapping[str, str] | None = None,
+    via: str = VIA_DEVICE_SPECS,
 ) -> ContainerRun:
     """A least-privilege workload container with the grant applied as a runtime does.
 
-    Devices become `--device`, envs `-e`, mounts binds, annotations labels
-    (the Docker engine's nearest thing to CRI annotations).
+    Devices become `--device` (the DeviceSpecs' host paths, or, `via` CDI, the CDI
+    names alone), envs `-e`, mounts binds, annotations labels (the Docker engine's
+    nearest thing to CRI annotations).
     """
+    if via not in (VIA_DEVICE_SPECS, VIA_CDI):
+        raise ValueError(f"via {via!r} is not {VIA_DEVICE_SPECS!r} or {VIA_CDI!r}")
+    if via == VIA_CDI and not grant.cdi_devices:
+        raise ValueError("the grant names no CDI device (is the config's cdi key 'off'?)")
     all_labels = dict(grant.annotations)
     all_labels.update(labels or {})
     return ContainerRun(
@@ -84,7 +97,8 @@ def workload_run(
         command=tuple(command),
         environment=dict(grant.envs),
         binds=grant.mounts,
-        devices=tuple(device_option(device) for device in grant.devices),
+        devices=() if via == VIA_CDI else tuple(device_option(device) for device in grant.devices),
+        cdi_devices=grant.cdi_devices if via == VIA_CDI else (),
         user=user,
         group_add=tuple(group_add),
         read_only=True,
