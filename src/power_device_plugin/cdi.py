@@ -58,6 +58,15 @@ CDI_OFF = "off"  # DeviceSpecs only (the answer before CDI)
 CDI_BOTH = "both"  # DeviceSpecs and CDI names: works whether or not the runtime reads CDI
 CDI_ONLY = "only"  # CDI names only: the runtime must read CDI or the container gets nothing
 CDI_MODES = (CDI_OFF, CDI_BOTH, CDI_ONLY)
+# What a cluster needs for each mode (logged when the kubelet asks for the options).
+CDI_MODE_NEEDS = {
+    CDI_OFF: "grants carry DeviceSpecs only: nodes keep the host's owner and mode",
+    CDI_BOTH: "grants carry DeviceSpecs and CDI names: the device-owner applies where the "
+    "kubelet passes CDI names (1.28 with DevicePluginCDIDevices, default from 1.29) and the "
+    "runtime reads CDI specs; elsewhere the DeviceSpecs still grant the devices",
+    CDI_ONLY: "grants carry CDI names only: the kubelet must pass CDI names and the runtime "
+    "must read CDI specs, or a container gets no device",
+}
 CDI_DEFAULT_MODE = CDI_BOTH
 
 DEFAULT_CDI_DIR = "/var/run/cdi"

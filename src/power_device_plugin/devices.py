@@ -308,6 +308,10 @@ class DeviceSnapshot:
         return _grant(records, self._style, _cdi_names(records))
 
     @property
+    def cdi_mode(self) -> str:
+        return self._style.cdi_mode
+
+    @property
     def uses_cdi(self) -> bool:
         """Whether grants name CDI devices (so the spec must be on disk first)."""
         return self._style.cdi_mode != cdi.CDI_OFF

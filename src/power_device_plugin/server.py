@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 from google.protobuf.message import Message
 
+from power_device_plugin import cdi
 from power_device_plugin.api import pb, rpc
 from power_device_plugin.devices import (
     AdvertisedDevice,
@@ -170,6 +171,8 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
     def GetDevicePluginOptions(
         self, request: pb.Empty, context: grpc.ServicerContext
     ) -> pb.DevicePluginOptions:
+        mode = self._state.current().cdi_mode
+        log.info("GetDevicePluginOptions: cdi %s: %s", mode, cdi.CDI_MODE_NEEDS[mode])
         return pb.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         )

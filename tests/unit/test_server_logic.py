@@ -206,3 +206,15 @@ def test_allocate_response_wire_matches_protobuf_for_every_length_class() -> Non
             container_responses=[pb.ContainerAllocateResponse.FromString(part)]
         ).SerializeToString()
         assert allocate_response_wire([part]) == expected
+
+
+def test_get_device_plugin_options_says_what_the_cdi_mode_needs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    servicer, state, candidates = all_mode_servicer(1)
+    state.update(ScanResult(candidates), config_of(cdi="only"))
+    with caplog.at_level("INFO", logger="power_device_plugin.server"):
+        options = servicer.GetDevicePluginOptions(pb.Empty(), FakeContext())  # type: ignore[arg-type]
+    assert options.get_preferred_allocation_available is True
+    assert "cdi only" in caplog.text
+    assert "or a container gets no device" in caplog.text
