@@ -255,6 +255,8 @@ class DeviceSnapshot:
         default_factory=lambda: ContainerGrant(devices=()), repr=False, compare=False
     )
     _style: _GrantStyle = field(default_factory=_GrantStyle, repr=False, compare=False)
+    # per-device mode: units each device has (0 in all mode).
+    _units_per_device: int = field(default=0, repr=False, compare=False)
     # The owner granted nodes get inside the container (CDI).
     device_owner: cdi.DeviceOwner = field(default_factory=cdi.DeviceOwner)
     cdi_kind: str = ""
@@ -362,8 +364,10 @@ class DeviceSnapshot:
             if device_id in remaining:
                 del remaining[device_id]
                 chosen.append(device_id)
-        free_by_device: dict[int, list[str]] = {}
         source_of = self._healthy_unit_source
+        if self.grant_mode != GRANT_ALL and self._units_per_device == 1:
+            return self._preferred_one_unit_each(remaining, chosen, size)
+        free_by_device: dict[int, list[str]] = {}
         for device_id in remaining:
             source = source_of.get(device_id)
             if source is not None:
@@ -402,6 +406,29 @@ class DeviceSnapshot:
             left = free_span - (key // sources) % free_span
             chosen.append(free[len(free) - left])
         return chosen
+
+    def _preferred_one_unit_each(
+        self, remaining: Mapping[str, None], chosen: list[str], size: int
+    ) -> list[str]:
+        """The same rule when every device has one unit (per-device mode's default): a
+        device already picked through ``must_include`` has no unit left, so every free
+        unit ties on picks and free units and snapshot order alone decides."""
+        needed = size - len(chosen)
+        if needed <= 0:
+            return chosen
+        source_of = self._healthy_unit_source.get
+        pairs = [
+            (source, i)
+            for i, source in zip(remaining, map(source_of, remaining))
+            if source is not None
+        ]
+        pairs.sort(key=_source_order)
+        chosen.extend(i for _, i in pairs[:needed])
+        return chosen
+
+
+def _source_order(pair: tuple[int, str]) -> int:
+    return pair[0]
 
 
 def units_per_device(config: PluginConfig) -> int:
@@ -466,6 +493,7 @@ def build_snapshot(
     devices: list[AdvertisedDevice] = []
     unit_source: dict[str, int] = {}
     unit_problem: dict[str, str] = {}
+    per_device = 0
     healthy = [r for r in records if not r.problem]
     style = _GrantStyle(
         permissions=config.permissions,
@@ -515,6 +543,7 @@ def build_snapshot(
             healthy, style, [CDI_ALL_DEVICES] if any(r.rdev for r in healthy) else []
         ),
         _style=style,
+        _units_per_device=per_device,
         device_owner=config.device_owner,
         cdi_kind=style.cdi_kind,
     )
