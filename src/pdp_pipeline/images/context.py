@@ -82,8 +82,10 @@ def download_command(python: str, requirements: Path, dest: Path) -> list[str]:
         "--only-binary=:all:",
         "--no-deps",
         "--require-hashes",
+        # The oldest Python the project supports: Requires-Python is checked against it
+        # (a bare "3" reads as 3.0), and a py3-none-any wheel for it runs on any later one.
         "--python-version",
-        "3",
+        "3.9",
         "--implementation",
         "py",
         "--abi",
