@@ -300,9 +300,7 @@ def test_the_entrypoint_is_the_launcher_and_the_default_command_serves() -> None
 def test_the_launcher_runs_the_package_with_the_runtimes_python() -> None:
     launcher = ROOT / build_context.LAUNCHER
     assert launcher.stat().st_mode & stat.S_IXUSR
-    assert re.search(
-        r'^exec python3 -m power_device_plugin "\$@"$', launcher.read_text(), re.M
-    )
+    assert re.search(r'^exec python3 -m power_device_plugin "\$@"$', launcher.read_text(), re.M)
 
 
 # --- the record --------------------------------------------------------------------------
