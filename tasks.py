@@ -63,10 +63,11 @@ def setup(c: Context) -> None:
         "repository": "image repository name (default power-dev-plugin)",
         "tag": "image tag (default: git describe --tags --match 'v*' --always --dirty)",
         "base": "ubi9 (default; falls back to debian, loudly, if ubi9 cannot be pulled) or debian",
-        "base_image": "a mirror of the ubi9 base (registry.access.redhat.com/ubi9/ubi:9.4)",
+        "base_image": "a mirror of the ubi9 base (default: the pin in containers/base-images.json)",
         "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes instead of QEMU",
         "push": "push images and index (default); --no-push: local engine only, no index/verify",
         "verify": "run the testinfra suite on the pushed images (default); --no-verify skips it",
+        "fallback": "fall back to debian when ubi9 is out of reach (default); --no-fallback fails",
     }
 )
 def build(
@@ -80,6 +81,7 @@ def build(
     builder: str = "",
     push: bool = True,
     verify: bool = True,
+    fallback: bool = True,
 ) -> None:
     """Build the plugin image per architecture, push them and one index, verify each image.
 
@@ -103,6 +105,7 @@ def build(
             builder=builder or None,
             push=push,
             verify=verify,
+            allow_fallback=fallback,
         )
     except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"build: {error}") from None
@@ -175,6 +178,75 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
     if record:
         env["PDP_BUILD_RECORD"] = str(Path(record).resolve())
     c.run(shlex.join([sys.executable, "-m", "pytest", "-v", "tests/e2e"]), env=env, pty=False)
+
+
+@task(
+    help={
+        "arch": "architecture to make the wheels image for: amd64, ppc64le or s390x",
+        "compile": "compile on the pinned base (the wheels workflow); default: PyPI binary wheels",
+        "registry": "registry to push to (default: the local one, 127.0.0.1:5000)",
+        "repository": "image repository name (default power-dev-plugin; -wheels is added)",
+        "builder": "buildx builder, e.g. a native node of that architecture instead of QEMU",
+        "key": "cosign private key that signs it (COSIGN_PASSWORD); default keyless (CI)",
+    }
+)
+def wheels(
+    c: Context,
+    arch: str,
+    compile: bool = False,
+    registry: str = "127.0.0.1:5000",
+    repository: str = "power-dev-plugin",
+    builder: str = "",
+    key: str = "",
+) -> None:
+    """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
+
+    One per (containers/runtime-requirements.txt, the base's Python, ARCH, base digest);
+    a release never compiles and refuses when it is missing. See docs/release.md.
+    """
+    from pdp_pipeline import platforms
+    from pdp_pipeline.images import bases, trust
+    from pdp_pipeline.images import wheels as making
+    from pdp_pipeline.release import signing, steps
+
+    try:
+        pin = bases.require_real_digest(bases.load_pin("ubi9"))
+        (platform,) = platforms.select(arch)
+        signer = (
+            signing.Signer(key=Path(key).resolve(), transparency_log=True)
+            if key
+            else signing.Signer(certificate_identity_regexp=".*")
+        )
+        image = making.make_wheels_image(
+            pin,
+            platform,
+            registry,
+            repository,
+            source="compile" if compile else "pypi",
+            builder=builder or None,
+            trust=steps.image_trust(signer, strict=False),
+        )
+    except (
+        ValueError,
+        bases.BasePinError,
+        platforms.UnknownArchError,
+        making.WheelsBuildError,
+        trust.UntrustedImage,
+        signing.SigningError,
+    ) as error:
+        raise SystemExit(f"wheels: {error}") from None
+    print(f"wheels: {image.ref}@{image.digest} ({'built' if image.built else 'reused'})")
+
+
+@task
+def base_pin(c: Context) -> None:
+    """Refresh the ubi9 digest in containers/base-images.json from its registry (needs access)."""
+    from pdp_pipeline.images import bases
+
+    try:
+        bases.refresh_pin("ubi9")
+    except bases.BasePinError as error:
+        raise SystemExit(f"base-pin: {error}") from None
 
 
 # --- manifest tasks ----------------------------------------------------------

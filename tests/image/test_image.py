@@ -54,9 +54,21 @@ def test_image_config_declares_its_os_and_architecture(
 
 
 def test_python_imports_grpc_protobuf_metrics_and_the_stubs(image_host: Any) -> None:
-    found = json.loads(_ok(image_host, "/usr/bin/python3 -c " + shlex.quote(IMPORT_PROBE)))
+    # `python3` as the launcher finds it (PATH), the interpreter the plugin runs on.
+    found = json.loads(_ok(image_host, "python3 -c " + shlex.quote(IMPORT_PROBE)))
     assert any(name.endswith("_pb2_grpc") for name in found["stubs"]), found
     assert any(name.endswith("_pb2") for name in found["stubs"]), found
+
+
+def test_pure_python_dependencies_from_the_context_import(image_host: Any) -> None:
+    # inotify_simple has no Debian package and no RUN step installs it: it comes from the
+    # build context (containers/context-requirements.txt), unpacked beside the plugin.
+    probe = (
+        "import inotify_simple, os; "
+        "print(os.path.dirname(os.path.dirname(inotify_simple.__file__)))"
+    )
+    where = _ok(image_host, "python3 -c " + shlex.quote(probe)).strip()
+    assert where == "/opt/power-device-plugin/site-packages"
 
 
 def test_version_is_the_builds_version(image_host: Any, record: build_record.BuildRecord) -> None:

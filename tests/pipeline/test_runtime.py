@@ -60,7 +60,7 @@ def test_debian_definition_differs_per_architecture_but_not_per_mirror() -> None
     assert "MIRROR" in runtime.debian_definition(s390x)  # a placeholder, not this host's mirror
 
 
-def test_ubi9_definition_follows_the_containerfile_and_the_extra_index(
+def test_ubi9_definition_follows_the_containerfile_and_the_requirements(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     containerfile = tmp_path / "runtime-ubi9.Containerfile"
@@ -69,11 +69,10 @@ def test_ubi9_definition_follows_the_containerfile_and_the_extra_index(
     requirements.write_text("grpcio==1.0\n")
     monkeypatch.setattr(runtime, "UBI9_CONTAINERFILE", containerfile)
     monkeypatch.setattr(runtime, "UBI9_REQUIREMENTS", requirements)
-    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
     first = runtime.ubi9_definition()
     containerfile.write_text("FROM base\nRUN true\n")
     second = runtime.ubi9_definition()
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://wheels.example/power")
+    requirements.write_text("grpcio==2.0\n")
     third = runtime.ubi9_definition()
     assert len({first, second, third}) == 3
 
@@ -115,17 +114,17 @@ def test_ubi9_requirements_cover_the_project_dependencies() -> None:
 # --- choosing the base ----------------------------------------------------------------
 
 
-def unresolvable(image: str | None, log: Any = print) -> str:
-    raise BaseUnavailable(f"base image {image} cannot be resolved: no such host")
+def unreachable(pin: Any, log: Any = print) -> None:
+    raise BaseUnavailable(f"base image {pin.ref} cannot be reached: no such host")
 
 
 def test_debian_is_used_without_resolving_anything(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "resolve_ubi9", unresolvable)
+    monkeypatch.setattr(runtime, "check_reachable", unreachable)
     assert runtime.choose_base("debian", None, allow_fallback=False, log=print) == ("debian", False)
 
 
-def test_unresolvable_ubi9_falls_back_to_debian_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "resolve_ubi9", unresolvable)
+def test_unreachable_ubi9_falls_back_to_debian_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "check_reachable", unreachable)
     lines: list[str] = []
     assert runtime.choose_base("ubi9", None, allow_fallback=True, log=lines.append) == (
         "debian",
@@ -136,14 +135,14 @@ def test_unresolvable_ubi9_falls_back_to_debian_loudly(monkeypatch: pytest.Monke
     assert "no such host" in text  # says why
 
 
-def test_unresolvable_ubi9_without_fallback_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "resolve_ubi9", unresolvable)
-    with pytest.raises(BaseUnavailable, match="cannot be resolved"):
-        runtime.choose_base("ubi9", "mirror.example/ubi9/ubi:9.4", allow_fallback=False, log=print)
+def test_unreachable_ubi9_without_fallback_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "check_reachable", unreachable)
+    with pytest.raises(BaseUnavailable, match="cannot be reached"):
+        runtime.choose_base("ubi9", None, allow_fallback=False, log=print)
 
 
-def test_resolvable_ubi9_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "resolve_ubi9", lambda image, log=print: "ubi@sha256:1")
+def test_reachable_ubi9_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "check_reachable", lambda pin, log=print: None)
     assert runtime.choose_base("ubi9", None, allow_fallback=True, log=print) == ("ubi9", False)
 
 
@@ -162,16 +161,16 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) ->
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
 
 
-def test_unresolvable_ubi9_message_says_what_why_and_what_to_do(
+def test_unreachable_ubi9_message_says_what_why_and_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_docker(
         tmp_path, monkeypatch, 'echo "ERROR: lookup mirror.example: no such host" >&2; exit 1'
     )
     with pytest.raises(BaseUnavailable) as caught:
-        runtime.resolve_ubi9("mirror.example/ubi9/ubi:9.4", log=print)
+        runtime.resolve_digest("mirror.example/ubi9/ubi:9.7", log=print)
     message = str(caught.value)
-    assert "mirror.example/ubi9/ubi:9.4 cannot be resolved" in message
+    assert "mirror.example/ubi9/ubi:9.7 cannot be resolved" in message
     assert "no such host" in message
     assert "--base-image" in message and "--base debian" in message
 
@@ -182,14 +181,16 @@ def test_a_registry_that_never_answers_is_given_up_on_at_the_timeout(
     fake_docker(tmp_path, monkeypatch, "exec sleep 30")
     monkeypatch.setattr(runtime, "RESOLVE_TIMEOUT", 0.5)
     with pytest.raises(BaseUnavailable, match=r"no answer within 0\.5 s"):
-        runtime.resolve_ubi9(None, log=print)
+        runtime.check_reachable(runtime.ubi9_pin(), log=print)
 
 
-def test_resolved_ubi9_is_pinned_by_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_mirror_is_pinned_by_the_digest_its_registry_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_docker(tmp_path, monkeypatch, """echo '{"digest": "sha256:feed"}'""")
-    assert runtime.resolve_ubi9("mirror.example/ubi:9.4", log=lambda _: None) == (
-        "mirror.example/ubi:9.4@sha256:feed"
-    )
+    pin = runtime.ubi9_pin("mirror.example/ubi:9.7")
+    assert pin.ref == "mirror.example/ubi:9.7@sha256:feed"
+    assert pin.python == "3.12"
 
 
 # --- reuse -------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class FakeRegistry:
     def __init__(self, existing: set[str]) -> None:
         self.existing = existing
 
-    def tag_exists(self, ref: str, log: Any = print) -> bool:
+    def tag_exists(self, ref: str, log: Any = print, *, absent_if_denied: bool = False) -> bool:
         return ref in self.existing
 
     def manifest_digest(self, ref: str, log: Any = print) -> str:
@@ -330,35 +331,47 @@ def test_debian_runtime_carries_no_compiler_and_no_package_caches(local_registry
     assert result.stdout.strip().splitlines()[-1:] == ["clean"], (result.returncode, result.stdout)
 
 
-def test_ubi9_build_pins_the_base_and_passes_builder_and_extra_index() -> None:
+PIN = runtime.bases.BasePin("ubi9", "registry.access.redhat.com/ubi9/ubi:9.7", "sha256:abc", "3.12")
+
+
+def test_ubi9_build_pins_base_and_wheels_and_drops_host_network_on_a_builder(
+    tmp_path: Path,
+) -> None:
     argv = runtime.ubi9_build_command(
         by_arch("ppc64le"),
         "k" * 64,
         "reg/repo-runtime:ubi9-ppc64le-kkkkkkkkkkkk",
-        "registry.access.redhat.com/ubi9/ubi:9.4@sha256:abc",
+        PIN,
+        "reg/repo-wheels@sha256:def",
         "power-nodes",
-        "https://wheels.example/power",
+        tmp_path / "a.tar",
+        tmp_path / "m.json",
     )
     assert argv[:5] == ["docker", "buildx", "build", "--builder", "power-nodes"]
     assert argv[argv.index("-f") + 1].endswith("containers/runtime-ubi9.Containerfile")
     assert argv[argv.index("--platform") + 1] == "linux/ppc64le"
-    assert "BASE_IMAGE=registry.access.redhat.com/ubi9/ubi:9.4@sha256:abc" in argv
-    assert "PIP_EXTRA_INDEX_URL=https://wheels.example/power" in argv
-    assert argv[-3:-1] == ["-t", "reg/repo-runtime:ubi9-ppc64le-kkkkkkkkkkkk"]
-    assert "--push" in argv
+    assert "BASE_IMAGE=registry.access.redhat.com/ubi9/ubi:9.7@sha256:abc" in argv
+    assert "WHEELS_IMAGE=reg/repo-wheels@sha256:def" in argv
+    assert "PYTHON=python3.12" in argv
+    assert "--network" not in argv  # remote BuildKit refuses it without the entitlement
+    assert "--push" not in argv  # pushed afterwards, retried alone
+    assert "--provenance=mode=max" in argv
 
 
-def test_ubi9_build_without_builder_or_index_uses_this_engine_and_compiles() -> None:
-    argv = runtime.ubi9_build_command(by_arch("s390x"), "k", "r", "b@sha256:1", None, None)
+def test_ubi9_build_on_this_engine_uses_the_host_network(tmp_path: Path) -> None:
+    argv = runtime.ubi9_build_command(
+        by_arch("s390x"), "k", "r", PIN, "w@sha256:1", None, tmp_path / "a", tmp_path / "m"
+    )
     assert "--builder" not in argv
-    assert not any(a.startswith("PIP_EXTRA_INDEX_URL=") for a in argv)
+    assert argv[argv.index("--network") + 1] == "host"
 
 
-def test_ubi9_containerfile_keeps_the_compiler_out_of_the_final_stage() -> None:
+def test_ubi9_containerfile_installs_wheels_from_the_wheels_image_and_compiles_nothing() -> None:
     text = runtime.UBI9_CONTAINERFILE.read_text()
     stages = re.split(r"^FROM ", text, flags=re.M)
+    assert stages[1].startswith("${WHEELS_IMAGE} AS wheels")
     final = stages[-1]
-    assert "gcc" in stages[1] and "python3-devel" in stages[1]  # the wheels stage may compile
-    assert "gcc" not in final and "-devel" not in final
+    assert "gcc" not in text and "-devel" not in text
+    assert "--mount=type=bind,from=wheels,source=/wheels" in final
+    assert "pip install --no-index --find-links /wheels" in final
     assert "dnf clean all" in final and "/var/cache/dnf" in final
-    assert "ARG BASE_IMAGE=registry.access.redhat.com/ubi9/ubi:9.4" in stages[0]

@@ -49,7 +49,14 @@ def snapshot_checkout(dest: Path, tag: str | None, source: Path = ROOT) -> Path:
 def invoke_in(repo: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`invoke ARGS` with this environment's invoke, in `repo` (its tasks.py, its src/)."""
     invoke = Path(sys.executable).parent / "invoke"
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # The debian root file systems and the host's build key (which signs runtimes) are
+    # kept in this checkout's .cache, so one dry run's signed runtimes are reused by the next.
+    env = {
+        "PDP_RUNTIME_CACHE": str(ROOT / ".cache" / "runtime"),
+        "PDP_BUILD_KEY_DIR": str(ROOT / ".cache" / "release" / "cosign-build"),
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     return subprocess.run(
         [str(invoke), *args],
         cwd=repo,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pdp_pipeline.images import buildx, registry, runtime, tags
+from pdp_pipeline.images import buildx, registry, runtime, tags, wheels
 from pdp_pipeline.images import context as build_context
 from pdp_pipeline.images.record import (
     BUILD_DIR,
@@ -29,6 +29,7 @@ from pdp_pipeline.images.record import (
     record_path,
     save_record,
 )
+from pdp_pipeline.images.trust import ImageTrust, UntrustedImage
 from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
@@ -54,6 +55,8 @@ class BuildOptions:
     # Build every layer anew instead of reusing BuildKit's cache (which is keyed by
     # content, not time): the reproducibility test must not pass on a cache hit.
     no_cache: bool = False
+    # Whom reused runtime images must be signed by (a release's signer); None: keys alone.
+    trust: ImageTrust | None = None
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -106,8 +109,14 @@ def run_build(
         wheel = build_context.build_wheel(
             root, identity.version, Path(scratch) / "wheel", log, epoch=identity.commit_time
         )
+        dependencies = build_context.fetch_dependency_wheels(root, Path(scratch) / "deps", log)
         context = build_context.stage_context(
-            root, wheel, Path(scratch) / "context", log, epoch=identity.commit_time
+            root,
+            wheel,
+            Path(scratch) / "context",
+            log,
+            epoch=identity.commit_time,
+            dependencies=tuple(dependencies),
         )
         log(f"build: wheel {wheel.name} staged in {time.monotonic() - step:.1f} s")
         runtimes = ensure_runtimes(options, base, log)
@@ -188,6 +197,7 @@ def ensure_runtimes(
             options.repository,
             base_image=options.base_image,
             builder=options.builder,
+            trust=options.trust,
             log=log,
         )
         runtimes[platform.arch] = image
@@ -233,14 +243,7 @@ def build_arch_image(
             no_cache=options.no_cache,
         )
         log(f"build: [{platform.arch}] {'build and push' if options.push else 'build'} {image_ref}")
-
-        def attempt() -> None:
-            buildx.run_buildx(argv, image_ref, platform, options.registry, archive)
-
-        if options.push:
-            registry.with_retries(attempt, what=f"push of {image_ref} ({platform.arch})", log=log)
-        else:
-            attempt()
+        buildx.build_then_push(argv, image_ref, platform, archive, log)
         digest = buildx.digest_from_metadata(json.loads(metadata_file.read_text()), image_ref)
     seconds = time.monotonic() - step
     size = _image_size(image_ref, digest, options.push)
@@ -277,5 +280,8 @@ FAILURES: tuple[type[Exception], ...] = (
     registry.RegistryError,
     runtime.BaseUnavailable,
     runtime.RuntimeBuildError,
+    wheels.WheelsMissing,
+    wheels.WheelsBuildError,
+    UntrustedImage,
     OSError,
 )

@@ -1,19 +1,20 @@
 """The `docker buildx build` of one architecture's plugin image, and what its output says.
 
 The command line (platform, runtime pinned by digest, labels, push or load,
-provenance), the digest buildx reports in its metadata file, and whether a
-failure was the push (`registry.is_push_failure`: a RegistryError, retried) or the build.
+provenance), the digest buildx reports in its metadata file, and the run: the
+build once (never retried), then the push of its archive (retried).
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pdp_pipeline.images import registry
 from pdp_pipeline.images.record import BuildError, last_lines
+from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
 # The image is written as an OCI archive with its timestamps rewritten to
@@ -91,35 +92,39 @@ def digest_from_metadata(metadata: Mapping[str, Any], image_ref: str) -> str:
     return digest
 
 
-def run_buildx(
-    argv: Sequence[str],
-    image_ref: str,
-    platform: Platform,
-    registry_addr: str,
-    archive: Path | None = None,
-) -> None:
-    """Run one build and push its `archive` (if any) to image_ref.
+def run_buildx(argv: Sequence[str], image_ref: str, platform: Platform) -> None:
+    """Run one build (never retried: it may compile); a failure is a BuildError.
 
-    A failed push is a RegistryError (worth a retry), any other failure a BuildError.
+    The build writes an archive or loads the engine; nothing in it talks to a registry
+    but the pull of its FROM, so whatever its output says, a failure is the build's.
     """
     result = subprocess.run(
         list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
-    if result.returncode == 0:
-        if archive is not None:
-            registry.push_archive(archive, image_ref, platform.arch)
-        return
-    output = result.stdout + result.stderr
-    if registry.is_push_failure(output):
-        answer = last_lines(output, 8)
-        raise registry.RegistryError(
-            f"push of {image_ref} ({platform.arch}) to {registry_addr} failed; the registry"
-            f" answered:\n{answer}",
-            image=image_ref,
-            arch=platform.arch,
-            answer=answer,
+    if result.returncode != 0:
+        raise BuildError(
+            f"buildx build of {image_ref} ({platform.arch}) failed (exit {result.returncode});"
+            f" last lines:\n{last_lines(result.stdout + result.stderr)}"
         )
-    raise BuildError(
-        f"buildx build of {image_ref} ({platform.arch}) failed (exit {result.returncode});"
-        f" last lines:\n{last_lines(output)}"
+
+
+def build_then_push(
+    argv: Sequence[str],
+    image_ref: str,
+    platform: Platform,
+    archive: Path | None,
+    log: Log = print,
+    *,
+    run: Callable[[Sequence[str], str, Platform], None] | None = None,
+    push: Callable[[Path, str, str], None] | None = None,
+) -> None:
+    """Build once; push the archive (if any) with retries. Only the push is ever retried."""
+    (run or run_buildx)(argv, image_ref, platform)
+    if archive is None:
+        return
+    send = push or registry.push_archive
+    registry.with_retries(
+        lambda: send(archive, image_ref, platform.arch),
+        what=f"push of {image_ref} ({platform.arch})",
+        log=log,
     )

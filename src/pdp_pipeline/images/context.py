@@ -2,7 +2,9 @@
 
 The plugin is pure Python, so its wheel is built once on the build platform with
 the tag's version and unpacked (`pip install --no-deps --target`) next to the
-launcher; every architecture's image then only copies this context.
+launcher; every architecture's image then only copies this context. Pure-Python
+dependencies no runtime image carries (`containers/context-requirements.txt`,
+`py3-none-any` wheels, hashes pinned) are fetched and unpacked beside it the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pdp_pipeline.images.record import BuildError, last_lines
 from pdp_pipeline.log import Log
 
 LAUNCHER = Path("containers") / "power-device-plugin"
+# Pure-Python dependencies the runtimes lack, pinned by version and sha256.
+CONTEXT_REQUIREMENTS = Path("containers") / "context-requirements.txt"
 # Where the image expects the unpacked plugin (ENV PYTHONPATH in the Containerfile).
 SITE_PACKAGES = "site-packages"
 
@@ -61,6 +65,58 @@ def stage_command(python: str, wheel: Path, site_packages: Path) -> list[str]:
     ]
 
 
+def download_command(python: str, requirements: Path, dest: Path) -> list[str]:
+    """Fetch the pinned pure-Python wheels: any Python 3, any platform, never a source build.
+
+    `--platform any --abi none --implementation py` admits only `py3-none-any` wheels, so
+    what is fetched runs on every base and architecture; `--require-hashes` refuses a
+    file whose sha256 is not the one in the requirements file.
+    """
+    return [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--no-deps",
+        "--require-hashes",
+        # The oldest Python the project supports: Requires-Python is checked against it
+        # (a bare "3" reads as 3.0), and a py3-none-any wheel for it runs on any later one.
+        "--python-version",
+        "3.9",
+        "--implementation",
+        "py",
+        "--abi",
+        "none",
+        "--platform",
+        "any",
+        "--dest",
+        str(dest),
+        "-r",
+        str(requirements),
+    ]
+
+
+def fetch_dependency_wheels(root: Path, dest: Path, log: Log = print) -> list[Path]:
+    """The wheels of `containers/context-requirements.txt`, downloaded into `dest`."""
+    requirements = root / CONTEXT_REQUIREMENTS
+    if not requirements.exists():
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    _run_step(
+        download_command(sys.executable, requirements, dest),
+        "fetching " + str(requirements),
+        log=log,
+    )
+    wheels = sorted(dest.glob("*.whl"))
+    impure = [w.name for w in wheels if not w.name.endswith("-none-any.whl")]
+    if impure:
+        raise BuildError(f"{requirements}: {impure} are not pure-Python wheels; none were staged")
+    return wheels
+
+
 def build_wheel(
     root: Path, version: str, outdir: Path, log: Log = print, *, epoch: int | None = None
 ) -> Path:
@@ -77,9 +133,18 @@ def build_wheel(
 
 
 def stage_context(
-    root: Path, wheel: Path, context: Path, log: Log = print, *, epoch: int | None = None
+    root: Path,
+    wheel: Path,
+    context: Path,
+    log: Log = print,
+    *,
+    epoch: int | None = None,
+    dependencies: tuple[Path, ...] = (),
 ) -> Path:
     """The build context of containers/Containerfile: site-packages/ and the launcher.
+
+    `dependencies` (pure-Python wheels, `fetch_dependency_wheels`) are unpacked into the
+    same site-packages, with the same treatment (no bytecode, no install path, mtimes).
 
     Nothing in it depends on where or when it was staged: pip's record of the wheel's
     path (`direct_url.json`) is dropped and, with `epoch`, every mtime is set to
@@ -90,6 +155,12 @@ def stage_context(
     context.mkdir(parents=True)
     site_packages = context / SITE_PACKAGES
     _run_step(stage_command(sys.executable, wheel, site_packages), "staging the wheel", log=log)
+    for dependency in dependencies:
+        _run_step(
+            stage_command(sys.executable, dependency, site_packages),
+            f"staging {dependency.name}",
+            log=log,
+        )
     # The console script pip writes points at this host's Python; the image has its own launcher.
     shutil.rmtree(site_packages / "bin", ignore_errors=True)
     launcher = context / LAUNCHER.name

@@ -26,6 +26,10 @@ INSPECT_TIMEOUT = 60.0  # seconds; a registry that does not answer in a minute i
 CREATE_TIMEOUT = 300.0
 # Phrases with which registries and buildx say "that tag does not exist" (not a failure).
 NOT_FOUND_ANSWERS = ("not found", "manifest unknown", "name unknown", "404")
+# ghcr.io answers DENIED, not 404, for a package that does not exist yet (it cannot tell
+# "no such package" from "no access to it"). Where we probe for one of our own packages
+# that may not exist yet (runtime and wheels images), that answer means absent.
+DENIED_ANSWERS = ("denied: requested access to the resource is denied", "denied: denied")
 ATTESTATION_REFERENCE_TYPE = "attestation-manifest"
 
 
@@ -156,6 +160,12 @@ def is_not_found(answer: str) -> bool:
     return any(phrase in lowered for phrase in NOT_FOUND_ANSWERS)
 
 
+def is_denied(answer: str) -> bool:
+    """True for a registry's DENIED answer (ghcr.io's for a package that does not exist)."""
+    lowered = answer.lower()
+    return any(phrase in lowered for phrase in DENIED_ANSWERS)
+
+
 def raw_manifest(ref: str, log: Log = print) -> dict[str, Any]:
     """The manifest or index `ref` points to, as the registry stores it."""
     text = with_retries(
@@ -172,10 +182,27 @@ def raw_manifest(ref: str, log: Log = print) -> dict[str, Any]:
     return document
 
 
-def tag_exists(ref: str, log: Log = print) -> bool:
-    """True if the registry has `ref`; False if it answers "not found"; raises otherwise."""
+def tag_exists(ref: str, log: Log = print, *, absent_if_denied: bool = False) -> bool:
+    """True if the registry has `ref`; False if it answers "not found"; raises otherwise.
+
+    With `absent_if_denied` (a probe of our own package, which may not exist yet) a
+    DENIED answer is "absent" too, at once, without retries; a push that is denied
+    later still fails, with the registry's words.
+    """
+
+    def probe() -> str:
+        try:
+            return _imagetools(["inspect", "--raw", ref], ref)
+        except RegistryError as error:
+            if absent_if_denied and is_denied(error.answer):
+                log(f"registry: {ref}: the registry answered DENIED; taken as absent")
+                raise NotFound(
+                    str(error), image=ref, arch=arch_of(ref), answer=error.answer
+                ) from None
+            raise
+
     try:
-        raw_manifest(ref, log)
+        with_retries(probe, what=f"inspect {ref}", log=log)
     except NotFound:
         return False
     return True

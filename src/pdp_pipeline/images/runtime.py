@@ -4,8 +4,11 @@ grpcio has no wheels for ppc64le or s390x and compiling it under QEMU takes hour
 so this layer is built once per content key and reused from the registry by every
 later build. The key covers everything that decides the image's content: the base
 (image digest or package set), the producer definition, the dependency list and the
-architecture. Two producers: `debian` (offline, mmdebstrap) and `ubi9` (release base,
-`containers/runtime-ubi9.Containerfile`).
+architecture. Two producers: `debian` (offline, mmdebstrap) and `ubi9` (release base
+pinned in `containers/base-images.json`, Python 3.12, `containers/runtime-ubi9.Containerfile`,
+its compiled dependencies from a wheels image: `wheels.py`; nothing is compiled here).
+With an `ImageTrust` (a release) a runtime is reused only when its signature checks
+out, and signed when built.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdp_pipeline.host import probe as host
-from pdp_pipeline.images import registry
+from pdp_pipeline.images import bases, registry, wheels
+from pdp_pipeline.images.trust import ImageTrust, may_reuse, sign_built
 from pdp_pipeline.log import Log
 from pdp_pipeline.platforms import Platform
 
@@ -27,10 +32,11 @@ from pdp_pipeline.platforms import Platform
 _registry = registry
 
 ROOT = Path(__file__).resolve().parents[3]
-CACHE = ROOT / ".cache" / "runtime"
+# PDP_RUNTIME_CACHE moves it (the release suite shares one across snapshot checkouts).
+CACHE = Path(os.environ.get("PDP_RUNTIME_CACHE") or ROOT / ".cache" / "runtime")
 UBI9_CONTAINERFILE = ROOT / "containers" / "runtime-ubi9.Containerfile"
 UBI9_REQUIREMENTS = ROOT / "containers" / "runtime-requirements.txt"
-UBI9_DEFAULT_IMAGE = "registry.access.redhat.com/ubi9/ubi:9.4"
+PROVENANCE = "mode=max"
 BASES = ("ubi9", "debian")
 RESOLVE_TIMEOUT = 10.0  # seconds: an unreachable base must fail fast, not stall a build
 
@@ -136,12 +142,11 @@ def import_changes(base: str, key: str) -> list[str]:
 
 
 def ubi9_definition() -> str:
-    """The ubi9 producer as text: its Containerfile, requirements and the extra wheel index."""
+    """The ubi9 producer as text: its Containerfile and requirements."""
     return json.dumps(
         {
             "containerfile": UBI9_CONTAINERFILE.read_text(),
             "requirements": UBI9_REQUIREMENTS.read_text(),
-            "extra_index": os.environ.get("PIP_EXTRA_INDEX_URL", ""),
         }
     )
 
@@ -156,35 +161,44 @@ def debian_mirror() -> str:
 # --- choosing the base -------------------------------------------------------------
 
 
-def resolve_ubi9(base_image: str | None, log: Log = print) -> str:
-    """`image@sha256:…` of the ubi9 base, or BaseUnavailable within RESOLVE_TIMEOUT."""
-    image = base_image or UBI9_DEFAULT_IMAGE
-    started = time.monotonic()
-    argv = ["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", image]
+def ubi9_pin(base_image: str | None = None) -> bases.BasePin:
+    """The ubi9 base pin; with `base_image` (a dry run's mirror) the mirror, same Python."""
+    pin = bases.load_pin("ubi9")
+    if base_image:
+        image, _, digest = base_image.partition("@")
+        return bases.BasePin("ubi9", image, digest or resolve_digest(image), pin.python)
     try:
-        result = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=RESOLVE_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        answer = (result.stderr or result.stdout).strip()
-        digest = str(json.loads(result.stdout)["digest"]) if result.returncode == 0 else ""
-    except subprocess.TimeoutExpired:
-        answer, digest = f"no answer within {RESOLVE_TIMEOUT:g} s", ""
-    except (OSError, ValueError, KeyError) as error:
-        answer, digest = str(error), ""
-    seconds = time.monotonic() - started
-    if not digest:
+        return bases.require_real_digest(pin)
+    except bases.BasePinError as error:
+        raise BaseUnavailable(str(error)) from None
+
+
+def resolve_digest(image: str, log: Log = print) -> str:
+    """The digest `image` names in its registry, or BaseUnavailable within RESOLVE_TIMEOUT."""
+    started = time.monotonic()
+    try:
+        digest = bases.current_digest(image, timeout=RESOLVE_TIMEOUT)
+    except bases.BasePinError as error:
         raise BaseUnavailable(
-            f"base image {image} cannot be resolved ({seconds:.1f} s): {answer}. "
-            "Use --base-image with a mirror of it that this host can reach,"
+            f"base image {image} cannot be resolved ({time.monotonic() - started:.1f} s): "
+            f"{error}. Use --base-image with a mirror of it that this host can reach,"
             " or --base debian to build from Debian packages without any registry."
-        )
-    log(f"runtime: ubi9 base {image} is {digest} ({seconds:.1f} s)")
-    return f"{image.split('@', 1)[0]}@{digest}"
+        ) from None
+    return digest
+
+
+def check_reachable(pin: bases.BasePin, log: Log = print) -> None:
+    """BaseUnavailable unless the pinned base can be read from its registry."""
+    started = time.monotonic()
+    try:
+        bases.current_digest(pin.ref, timeout=RESOLVE_TIMEOUT)
+    except bases.BasePinError as error:
+        raise BaseUnavailable(
+            f"base image {pin.ref} cannot be reached ({time.monotonic() - started:.1f} s): "
+            f"{error}. Use --base-image with a mirror of it that this host can reach,"
+            " or --base debian to build from Debian packages without any registry."
+        ) from None
+    log(f"runtime: ubi9 base {pin.ref} reachable ({time.monotonic() - started:.1f} s)")
 
 
 def choose_base(
@@ -196,7 +210,7 @@ def choose_base(
     if requested == "debian":
         return "debian", False
     try:
-        resolve_ubi9(base_image, log)
+        check_reachable(ubi9_pin(base_image), log)
     except BaseUnavailable as error:
         if not allow_fallback:
             raise
@@ -219,31 +233,55 @@ def ensure_runtime_image(
     repository: str,
     *,
     base_image: str | None = None,
+    base_pin: bases.BasePin | None = None,
     builder: str | None = None,
+    trust: ImageTrust | None = None,
     log: Log = print,
 ) -> RuntimeImage:
-    """The runtime image for (base, platform): reused from the registry if its key exists."""
+    """The runtime image for (base, platform): reused from the registry if its key exists
+    (and, with `trust`, its signature checks out), else built, pushed and signed.
+
+    `base_pin` replaces the ubi9 pin of containers/base-images.json (the engine test's
+    base made of Debian packages goes through this same path).
+    """
+    wheels_image: wheels.WheelsImage | None = None
     if base == "debian":
         base_name = f"debian:{DEBIAN_SUITE}"
         key = content_key(
             base, platform.arch, base_name, debian_definition(platform), DEBIAN_PACKAGES
         )
     elif base == "ubi9":
-        base_name = resolve_ubi9(base_image, log)
-        key = content_key(base, platform.arch, base_name, ubi9_definition(), ubi9_requirements())
+        pin = base_pin or ubi9_pin(base_image)
+        base_name = pin.ref
+        # Refuses (WheelsMissing) before anything is built: no compile in this path.
+        wheels_image = wheels.find_wheels_image(
+            pin, platform, registry, repository, trust=trust, log=log
+        )
+        key = content_key(
+            base,
+            platform.arch,
+            base_name,
+            ubi9_definition(),
+            (*ubi9_requirements(), pin.python, wheels_image.pinned),
+        )
     else:
         raise BaseUnavailable(f"unknown base {base!r}; choose one of {', '.join(BASES)}")
     ref = runtime_ref(registry, repository, base, platform.arch, key)
-    if _registry.tag_exists(ref, log):
-        log(f"runtime: [{platform.arch}] reused {ref}")
+    what = f"runtime [{platform.arch}]"
+    if _registry.tag_exists(ref, log, absent_if_denied=True):
         digest = _registry.manifest_digest(ref, log)
-        return RuntimeImage(base, platform, ref, digest, key, True, base_name)
+        if may_reuse(trust, ref, digest, what, log):
+            log(f"runtime: [{platform.arch}] reused {ref}")
+            return RuntimeImage(base, platform, ref, digest, key, True, base_name)
     started = time.monotonic()
-    if base == "debian":
+    if wheels_image is None:
         _produce_debian(platform, key, ref, log)
+        digest = _registry.manifest_digest(ref, log)
     else:
-        _produce_ubi9(platform, key, ref, base_name, builder, log)
-    digest = _registry.manifest_digest(ref, log)
+        digest = _produce_ubi9(
+            platform, key, ref, base_pin or ubi9_pin(base_image), wheels_image, builder, log
+        )
+    sign_built(trust, ref, digest, what, log)
     log(f"runtime: [{platform.arch}] built {ref}@{digest} in {time.monotonic() - started:.0f} s")
     return RuntimeImage(base, platform, ref, digest, key, False, base_name)
 
@@ -253,17 +291,14 @@ def ubi9_requirements() -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
-def _check(argv: list[str], what: str, log: Log, image: str = "", arch: str = "") -> None:
-    """Run argv; a failed push is a RegistryError (retried), any other failure a build error."""
+def _check(argv: list[str], what: str, log: Log) -> None:
+    """Run argv once (a producer step is never retried); a failure is a RuntimeBuildError."""
     log("  $ " + " ".join(argv))
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return
     tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-    message = f"{what} failed (exit {result.returncode}):\n{tail}"
-    if registry.is_push_failure(result.stdout + result.stderr):
-        raise registry.RegistryError(message, image=image, arch=arch, answer=tail)
-    raise RuntimeBuildError(message)
+    raise RuntimeBuildError(f"{what} failed (exit {result.returncode}):\n{tail}")
 
 
 def _produce_debian(platform: Platform, key: str, ref: str, log: Log) -> None:
@@ -307,34 +342,56 @@ def ubi9_build_command(
     platform: Platform,
     key: str,
     ref: str,
-    base_name: str,
+    pin: bases.BasePin,
+    wheels_image: str,
     builder: str | None,
-    extra_index: str | None,
+    archive: Path,
+    metadata: Path,
 ) -> list[str]:
-    """The buildx run that builds and pushes the ubi9 runtime for one platform."""
+    """The buildx run of the ubi9 runtime for one platform, to an OCI archive.
+
+    `--network host` only on this engine (its containers have no bridge); a remote
+    builder (native nodes) refuses it without the network.host entitlement, and needs
+    no such thing: its build containers have their own network.
+    """
     argv = ["docker", "buildx", "build"]
     if builder:
         argv += ["--builder", builder]
     argv += ["-f", str(UBI9_CONTAINERFILE), "--platform", platform.platform]
-    argv += ["--network", "host", "--build-arg", f"BASE_IMAGE={base_name}"]
-    if extra_index:
-        argv += ["--build-arg", f"PIP_EXTRA_INDEX_URL={extra_index}"]
+    if not builder:
+        argv += ["--network", "host"]
+    argv += ["--build-arg", f"BASE_IMAGE={pin.ref}"]
+    argv += ["--build-arg", f"WHEELS_IMAGE={wheels_image}"]
+    argv += ["--build-arg", f"PYTHON={pin.python_command}"]
     argv += ["--label", "io.power-dev-plugin.runtime.base=ubi9"]
     argv += ["--label", f"io.power-dev-plugin.runtime.key={key}"]
-    argv += ["--provenance=false", "--push", "-t", ref, str(UBI9_CONTAINERFILE.parent)]
-    return argv
+    argv += ["-t", ref, "--output", wheels.ARCHIVE_OUTPUT.format(archive=archive)]
+    argv += ["--metadata-file", str(metadata), f"--provenance={PROVENANCE}"]
+    return [*argv, "--progress", "plain", str(UBI9_CONTAINERFILE.parent)]
 
 
 def _produce_ubi9(
-    platform: Platform, key: str, ref: str, base_name: str, builder: str | None, log: Log
-) -> None:
-    argv = ubi9_build_command(
-        platform, key, ref, base_name, builder, os.environ.get("PIP_EXTRA_INDEX_URL")
-    )
-    where = f"on builder {builder}" if builder else "on this engine (QEMU for foreign platforms)"
-    log(f"runtime: [{platform.arch}] ubi9 build {where}; a grpcio compile under QEMU takes hours")
-    registry.with_retries(
-        lambda: _check(argv, f"buildx build of {ref}", log, image=ref, arch=platform.arch),
-        what=f"build of {ref}",
-        log=log,
-    )
+    platform: Platform,
+    key: str,
+    ref: str,
+    pin: bases.BasePin,
+    wheels_image: wheels.WheelsImage,
+    builder: str | None,
+    log: Log,
+) -> str:
+    """Build once (no compiler: the wheels come from the wheels image), push with retries."""
+    with tempfile.TemporaryDirectory(prefix="pdp-runtime-") as scratch:
+        archive, metadata = Path(scratch) / "runtime.oci.tar", Path(scratch) / "metadata.json"
+        argv = ubi9_build_command(
+            platform, key, ref, pin, wheels_image.pinned, builder, archive, metadata
+        )
+        where = f"on builder {builder}" if builder else "on this engine"
+        log(f"runtime: [{platform.arch}] ubi9 build {where} with {wheels_image.pinned}")
+        _check(argv, f"buildx build of {ref}", log)
+        digest = wheels.archive_digest(json.loads(metadata.read_text()), ref)
+        registry.with_retries(
+            lambda: registry.push_archive(archive, ref, platform.arch),
+            what=f"push of {ref}",
+            log=log,
+        )
+    return digest

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pdp_pipeline.images import registry
+from pdp_pipeline.images.trust import ImageTrust
 from pdp_pipeline.log import Log
 from pdp_pipeline.release import sbom, signing
 from pdp_pipeline.release.options import LABEL_RELEASE, ReleaseOptions
@@ -21,6 +22,11 @@ from pdp_pipeline.release.version import ReleaseRefused
 
 PROVENANCE = "mode=max"
 DRY_RUN_KEY_DIR = Path(".cache") / "release" / "cosign-dryrun"
+# The key that signs runtime and wheels images built by dry runs on this host. Kept
+# (unlike the release's throwaway key) so a later dry run can verify and reuse them.
+# PDP_BUILD_KEY_DIR moves it (the release suite shares one across snapshot checkouts).
+BUILD_KEY_DIR = Path(".cache") / "release" / "cosign-build"
+BUILD_KEY_ENV = "PDP_BUILD_KEY_DIR"
 DRY_RUN_MANIFESTS_DIR = Path(".cache") / "release" / "manifests-dryrun"
 # Set by GitHub Actions when the job may request an OIDC token (`id-token: write`).
 OIDC_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
@@ -66,6 +72,55 @@ def make_signer(options: ReleaseOptions, root: Path) -> signing.Signer:
     )
 
 
+def build_signer(options: ReleaseOptions, root: Path, env: Mapping[str, str]) -> signing.Signer:
+    """Who signs runtime and wheels images: this host's kept key (dry run), else the release's.
+
+    On GitHub that is keyless with the workflow identity (the same regexp verifies the
+    wheels workflow's signatures); with --key, that key.
+    """
+    insecure = registry.is_loopback_registry(options.registry)
+    if options.dry_run and options.key is None:
+        directory = Path(env.get(BUILD_KEY_ENV) or root / BUILD_KEY_DIR)
+        key = directory / signing.PRIVATE_KEY_NAME
+        if not key.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            signing.run_cosign(
+                signing.generate_key_pair_command(directory / "cosign"),
+                what=f"making this host's build key in {directory}",
+                env=signing.cosign_environment(env, throwaway=True),
+            )
+        return signing.Signer(
+            key=key,
+            public_key=directory / signing.PUBLIC_KEY_NAME,
+            transparency_log=False,
+            insecure_registry=insecure,
+            throwaway=True,  # empty password, like the throwaway key
+        )
+    return make_signer(options, root)
+
+
+def image_trust(signer: signing.Signer, *, strict: bool, log: Log = print) -> ImageTrust:
+    """`ImageTrust` over cosign: sign when built, verify before reuse."""
+    import os
+
+    env = signing.cosign_environment(os.environ, throwaway=signer.throwaway)
+
+    def sign(ref: str) -> None:
+        signing.run_cosign(signing.sign_command(signer, ref), what=f"signing {ref}", env=env)
+
+    def verify(ref: str) -> bool:
+        try:
+            signing.run_cosign(
+                signing.verify_command(signer, ref), what=f"verifying {ref}", env=env
+            )
+        except signing.SigningError as error:
+            log(f"trust: {error}")
+            return False
+        return True
+
+    return ImageTrust(sign=sign, verify=verify, strict=strict, signer=signer.describe())
+
+
 def pin_and_render(root: Path, pinned: str, out_dir: Path, dry_run: bool) -> list[Path]:
     """Pin the manifests to the release image and render the install YAML of each variant.
 
@@ -99,7 +154,13 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
     throwaway = options.dry_run and options.key is None
 
     def run_build(**settings: Any) -> build_record.BuildRecord:
+        # Runtimes are verified before reuse; a release refuses an untrusted one (it
+        # would have to rebuild, and compile nothing), a dry run rebuilds it.
+        trust = image_trust(
+            build_signer(options, root, os.environ), strict=not options.dry_run, log=log
+        )
         build_options = build.BuildOptions(
+            trust=trust,
             archs=options.archs,
             registry=options.registry,
             repository=options.repository,
