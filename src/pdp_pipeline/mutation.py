@@ -60,7 +60,12 @@ class Target:
 MODULES: tuple[Target, ...] = (
     Target(
         "config",
-        ("tests/unit/test_config.py", "tests/unit/test_cli.py", "tests/unit/test_watch.py"),
+        (
+            "tests/unit/test_config.py",
+            "tests/unit/test_config_messages.py",
+            "tests/unit/test_cli.py",
+            "tests/unit/test_watch.py",
+        ),
     ),
     Target(
         "devices",
