@@ -71,6 +71,7 @@ MODULES: tuple[Target, ...] = (
         "devices",
         (
             "tests/unit/test_devices.py",
+            "tests/unit/test_devices_edges.py",
             "tests/unit/test_server_logic.py",
             "tests/unit/test_grant_cdi.py",
         ),
