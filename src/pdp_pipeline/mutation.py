@@ -399,7 +399,8 @@ def table(scores: Sequence[ModuleScore]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     for s in scores:
-        lines.extend(f"survived: {r.key}" for r in s.survivors)
+        # Unchecked mutants are counted in the goal column, not listed one by one.
+        lines.extend(f"survived: {r.key}" for r in s.survivors if not unchecked(r.exit_code))
     return lines
 
 

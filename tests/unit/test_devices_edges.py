@@ -89,6 +89,19 @@ def test_an_id_has_no_dash_at_either_end_of_its_readable_part() -> None:
     assert device_id_for("/dev/--odd--").startswith("odd-")
 
 
+def test_an_id_keeps_capital_x_at_either_end() -> None:
+    assert device_id_for("/dev/Xdisk-X").startswith("Xdisk-X-")
+
+
+def test_an_expired_vanished_device_goes_and_a_younger_one_after_it_stays() -> None:
+    a, b = candidate("/dev/sda"), candidate("/dev/sdb")
+    first = merge_records({}, ScanResult((a, b)), PluginConfig(), now=0.0)
+    only_b = merge_records({r.device_id: r for r in first}, ScanResult((b,)), PluginConfig(), 0.0)
+    none = merge_records({r.device_id: r for r in only_b}, ScanResult(()), PluginConfig(), 200.0)
+    later = merge_records({r.device_id: r for r in none}, ScanResult(()), PluginConfig(), 300.0)
+    assert [(r.host_path, r.vanished_at) for r in later] == [("/dev/sdb", 200.0)]
+
+
 def test_an_id_cut_at_a_dash_drops_the_dash() -> None:
     path = "/dev/" + "a" * (MAX_READABLE_ID_CHARS - 1) + "-b"
     readable, _, digest = device_id_for(path).rpartition("-")
@@ -207,8 +220,8 @@ def test_a_spec_failure_is_logged_once_until_it_changes(caplog: pytest.LogCaptur
     state = DeviceState(before_publish=_failing_writer)
     result = ScanResult((candidate("/dev/dm-0", rdev=(253, 0)),))
     with caplog.at_level(logging.ERROR, logger="power_device_plugin.devices"):
-        state.update(result, config_of(cdi="both"))
-        state.update(result, config_of(cdi="both"))
+        for _ in range(3):
+            state.update(result, config_of(cdi="both"))
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == ["CDI spec not written: read-only file system"]
     assert state.cdi_problem == "CDI spec not written: read-only file system"
