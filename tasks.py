@@ -460,3 +460,30 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
     print(counts.closing_line(), flush=True)
     if not ok:
         raise SystemExit(1)
+
+
+@task(
+    help={
+        "module": "comma list of modules (config, devices, discovery, cdi, host_use) or 'all';"
+        " default config,devices,discovery",
+        "jobs": "mutants tested at once (mutmut --max-children)",
+        "strict": "exit non-zero when a module scores under the goal (95 %)",
+        "report_only": "score the results of the last run again, without running mutmut",
+    }
+)
+def mutation(
+    c: Context, module: str = "", jobs: int = 2, strict: bool = False, report_only: bool = False
+) -> None:
+    """Mutation testing of the device logic with mutmut (slow; not part of `invoke test`)."""
+    from pdp_pipeline import mutation as mutation_testing
+
+    def run(command: list[str]) -> int:
+        with c.cd(str(ROOT)):
+            result = c.run(shlex.join(command), warn=True)
+        return result.exited if result is not None else 1
+
+    status = mutation_testing.main(
+        ROOT, module, run, max_children=jobs, strict=strict, report_only=report_only
+    )
+    if status:
+        raise SystemExit(status)
