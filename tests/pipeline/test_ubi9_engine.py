@@ -137,7 +137,7 @@ def _wheel_names(ref: str) -> list[str]:
         archive.write(listing)
         archive.seek(0)
         with tarfile.open(fileobj=archive) as tar:
-            return sorted(Path(name).name for name in tar.getnames() if name.endswith(".whl"))
+            return sorted(Path(m.name).name for m in tar.getmembers() if m.isfile())
 
 
 # --- wheels image, runtime from it ----------------------------------------------------
@@ -148,7 +148,9 @@ def test_pypi_wheels_image_holds_binary_wheels_for_the_pinned_python_and_machine
 ) -> None:
     names = _wheel_names(wheels_image.pinned)
     assert [n for n in names if n.startswith("grpcio-1.76.0-cp311-cp311-")] != []
-    assert all("x86_64" in n or n.endswith("-none-any.whl") or "abi3" in n for n in names)
+    # Wheels only (no source archive to compile), each for x86_64 or for any machine.
+    assert all(n.endswith(".whl") for n in names), names
+    assert all("x86_64" in n or n.endswith("-none-any.whl") for n in names), names
     assert {n.split("-")[0] for n in names} >= {"grpcio", "protobuf", "prometheus_client"}
 
 
@@ -212,6 +214,31 @@ def test_build_refuses_without_the_wheels_image_naming_it_and_the_command_to_mak
     assert f"{LOCAL}/{empty}-wheels:py3.12-amd64-" in result.stderr
     assert "invoke wheels --arch amd64" in result.stderr
     assert "runtime: [amd64] ubi9 build" not in result.stdout  # refused before any build
+
+
+def test_release_dry_run_on_ubi9_refuses_without_the_wheels_image_and_names_it(
+    test_base: bases.BasePin, tmp_path: Path
+) -> None:
+    from tests.release.snapshot import invoke_in, snapshot_checkout
+
+    repo = snapshot_checkout(tmp_path / "checkout", tag="v0.1.0")
+    empty = f"{REPOSITORY}-release"
+    result = invoke_in(
+        repo,
+        "release",
+        "--dry-run",
+        "--arch",
+        "amd64",
+        "--repository",
+        empty,
+        "--base-image",
+        test_base.ref,
+        timeout=900,
+    )
+    assert result.returncode != 0
+    assert "release failed: WheelsMissing" in result.stderr, result.stderr[-3000:]
+    assert f"{LOCAL}/{empty}-wheels:py3.12-amd64-" in result.stderr
+    assert "invoke wheels --arch amd64" in result.stderr
 
 
 # --- trust: a runtime is reused only when signed by the expected key -------------------
