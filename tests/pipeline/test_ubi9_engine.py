@@ -184,7 +184,7 @@ def test_ubi9_runtime_imports_grpc_protobuf_and_prometheus_and_has_no_compiler(
 
 
 def test_build_refuses_without_the_wheels_image_naming_it_and_the_command_to_make_it(
-    test_base: bases.BasePin, wheels_image: wheels.WheelsImage
+    test_base: bases.BasePin,
 ) -> None:
     # Another repository: no wheels image there. `invoke build` is the release's build.
     empty = f"{REPOSITORY}-nowheels"
