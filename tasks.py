@@ -6,6 +6,7 @@ Tasks only parse flags and call into tested modules (`src/pdp_pipeline`,
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -188,6 +189,8 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
         "repository": "image repository name (default power-dev-plugin; -wheels is added)",
         "builder": "buildx builder, e.g. a native node of that architecture instead of QEMU",
         "key": "cosign private key that signs it (COSIGN_PASSWORD); default keyless (CI)",
+        "identity": "keyless: regexp of the identity an existing image must be signed by"
+        " (default: this repository's wheels.yml/release.yml, from GITHUB_REPOSITORY)",
     }
 )
 def wheels(
@@ -198,6 +201,7 @@ def wheels(
     repository: str = "power-dev-plugin",
     builder: str = "",
     key: str = "",
+    identity: str = "",
 ) -> None:
     """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
 
@@ -215,7 +219,10 @@ def wheels(
         signer = (
             signing.Signer(key=Path(key).resolve(), transparency_log=True)
             if key
-            else signing.Signer(certificate_identity_regexp=".*")
+            else signing.Signer(
+                certificate_identity_regexp=identity
+                or making.workflow_identity(os.environ.get("GITHUB_REPOSITORY"))
+            )
         )
         image = making.make_wheels_image(
             pin,

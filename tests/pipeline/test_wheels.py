@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,23 @@ def test_pypi_wheels_are_binary_only_for_the_target_python_and_machine(tmp_path:
     assert "--only-binary=:all:" in argv
     assert argv[argv.index("--python-version") + 1] == "3.12"
     assert "cp312" in argv and "manylinux2014_x86_64" in argv
+
+
+def test_keyless_identity_defaults_to_the_repositorys_wheels_and_release_workflows() -> None:
+    identity = wheels.workflow_identity("ibm/power-dev-plugin")
+    pattern = re.compile(identity)
+    base = "https://github.com/ibm/power-dev-plugin/.github/workflows/"
+    assert pattern.match(base + "wheels.yml@refs/heads/main")
+    assert pattern.match(base + "release.yml@refs/tags/v1.0.0")
+    assert not pattern.match(base + "ci.yml@refs/heads/main")
+    assert not pattern.match(
+        "https://github.com/someone/power-dev-plugin/.github/workflows/wheels.yml@refs/heads/x"
+    )
+
+
+@pytest.mark.parametrize("repository", [None, "", "not a repository"])
+def test_keyless_identity_without_a_repository_asks_for_identity_or_key(
+    repository: str | None,
+) -> None:
+    with pytest.raises(wheels.WheelsBuildError, match="--identity REGEXP"):
+        wheels.workflow_identity(repository)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.release.snapshot import invoke_in, snapshot_checkout
+from tests.release.snapshot import ROOT, invoke_in, snapshot_checkout
 
-from pdp_pipeline.images import registry
+from pdp_pipeline.images import registry, trust
 from pdp_pipeline.platforms import select
 
 pytestmark = pytest.mark.engine
@@ -133,6 +133,45 @@ def test_signature_does_not_verify_with_another_key(dry_run: DryRun, tmp_path: P
     )
 
     assert result.returncode != 0
+
+
+def _build_key() -> Path:
+    """The public half of the key runtimes are signed with (invoke_in's PDP_BUILD_KEY_DIR)."""
+    directory = os.environ.get("PDP_BUILD_KEY_DIR") or ROOT / ".cache" / "release" / "cosign-build"
+    return Path(directory) / "cosign.pub"
+
+
+def test_each_runtime_the_release_sits_on_is_signed_by_the_build_key(dry_run: DryRun) -> None:
+    for arch in dry_run.summary["archs"]:
+        ref, _, digest = arch["runtime"].partition("@")
+        result = _cosign(
+            "verify",
+            "--key",
+            str(_build_key()),
+            "--insecure-ignore-tlog=true",
+            "--allow-insecure-registry",
+            trust.pinned(ref, digest),
+        )
+        assert result.returncode == 0, (arch["platform"], result.stderr)
+
+
+def test_each_runtime_was_signed_or_verified_before_the_build_used_it(dry_run: DryRun) -> None:
+    lines = dry_run.result.stdout.splitlines()
+    for arch in dry_run.summary["archs"]:
+        ref, _, digest = arch["runtime"].partition("@")
+        target = trust.pinned(ref, digest)
+        trusted = [
+            i
+            for i, line in enumerate(lines)
+            if line.startswith(f"trust: runtime [{arch['arch']}] {target}")
+            and " signed by " in line
+            and "NOT signed" not in line
+        ]
+        used = [
+            i for i, line in enumerate(lines) if line.startswith(f"build: [{arch['arch']}] runtime")
+        ]
+        assert trusted and used, (arch["arch"], [x for x in lines if x.startswith("trust:")])
+        assert trusted[-1] < used[0]
 
 
 def test_each_platform_image_has_an_sbom_attestation_of_itself(dry_run: DryRun) -> None:

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from tests.release.snapshot import git, invoke_in, snapshot_checkout
 
-from pdp_pipeline.images import registry
+from pdp_pipeline.images import bases, registry
 
 pytestmark = pytest.mark.engine
 
+PIN = bases.load_pin("ubi9")  # the committed base, by digest: what a release builds on
 UBI9_PROBE_TIMEOUT = 30.0  # seconds: resolving the base is a quick HEAD request
 
 
 def _ubi9_reachable() -> bool:
     probe = subprocess.run(
-        ["docker", "buildx", "imagetools", "inspect", "registry.access.redhat.com/ubi9/ubi:9.4"],
+        ["docker", "buildx", "imagetools", "inspect", PIN.ref],
         capture_output=True,
         check=False,
         timeout=UBI9_PROBE_TIMEOUT,
@@ -42,7 +43,7 @@ def test_release_stops_instead_of_falling_back_when_ubi9_is_out_of_reach(tmp_pat
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "release failed: BaseUnavailable" in output
-    assert "registry.access.redhat.com/ubi9/ubi:9.4 cannot be resolved" in output
+    assert f"base image {PIN.ref} cannot be reached" in output  # the pin, by digest
     assert "FALLING BACK" not in output
     commit = git(repo, "rev-parse", "HEAD").strip()
     for tag in ("v0.3.0", f"candidate-{commit[:12]}", f"candidate-{commit[:12]}-amd64"):

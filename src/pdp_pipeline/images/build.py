@@ -105,20 +105,7 @@ def run_build(
     # A directory per run: builds started side by side (a release, a test) never share one.
     (root / BUILD_DIR).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / BUILD_DIR, prefix="run-") as scratch:
-        step = time.monotonic()
-        wheel = build_context.build_wheel(
-            root, identity.version, Path(scratch) / "wheel", log, epoch=identity.commit_time
-        )
-        dependencies = build_context.fetch_dependency_wheels(root, Path(scratch) / "deps", log)
-        context = build_context.stage_context(
-            root,
-            wheel,
-            Path(scratch) / "context",
-            log,
-            epoch=identity.commit_time,
-            dependencies=tuple(dependencies),
-        )
-        log(f"build: wheel {wheel.name} staged in {time.monotonic() - step:.1f} s")
+        context = stage_build_context(root, identity, Path(scratch), log)
         runtimes = ensure_runtimes(options, base, log)
         results = [
             build_arch_image(
@@ -181,6 +168,28 @@ def run_build(
         log(f"build: verification done ({time.monotonic() - step:.1f} s)")
     log(f"build: finished in {time.monotonic() - started:.1f} s")
     return record
+
+
+def stage_build_context(
+    root: Path, identity: tags.Identity, scratch: Path, log: Log = print
+) -> Path:
+    """The plugin image's build context in `scratch`: the wheel and its pure-Python
+    dependencies unpacked, every time set to the commit's."""
+    step = time.monotonic()
+    wheel = build_context.build_wheel(
+        root, identity.version, scratch / "wheel", log, epoch=identity.commit_time
+    )
+    dependencies = build_context.fetch_dependency_wheels(root, scratch / "deps", log)
+    context = build_context.stage_context(
+        root,
+        wheel,
+        scratch / "context",
+        log,
+        epoch=identity.commit_time,
+        dependencies=tuple(dependencies),
+    )
+    log(f"build: wheel {wheel.name} staged in {time.monotonic() - step:.1f} s")
+    return context
 
 
 def ensure_runtimes(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,11 @@ COMPILE_CONTAINERFILE = ROOT / "containers" / "wheels-compile.Containerfile"
 SOURCES = ("pypi", "compile")
 PROVENANCE = "mode=max"
 WORKFLOW = ".github/workflows/wheels.yml"
+
+
+# Who may have signed a wheels or runtime image keyless: the wheels and release workflows
+# of one repository (any ref: the wheels workflow runs on branches, releases on tags).
+IDENTITY_TEMPLATE = "^https://github.com/{repository}/.github/workflows/(wheels|release).yml@"
 
 
 # The OCI archive output of every image build here (buildx.ARCHIVE_OUTPUT; that module
@@ -64,6 +70,17 @@ class WheelsImage:
 def requirements(path: Path = REQUIREMENTS) -> tuple[str, ...]:
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
     return tuple(line for line in lines if line)
+
+
+def workflow_identity(repository: str | None) -> str:
+    """The keyless identity regexp of `repository`'s (owner/name) wheels and release workflows."""
+    if not repository or not re.fullmatch(r"[\w.-]+/[\w.-]+", repository):
+        raise WheelsBuildError(
+            f"keyless verification needs the signer's identity, and the repository {repository!r}"
+            " (GITHUB_REPOSITORY) does not give one: pass --identity REGEXP (the workflow"
+            " identity, e.g. " + IDENTITY_TEMPLATE.format(repository="OWNER/REPO") + ") or --key"
+        )
+    return IDENTITY_TEMPLATE.format(repository=re.escape(repository))
 
 
 def wheels_key(packages: tuple[str, ...], python: str, arch: str, base_digest: str) -> str:
