@@ -94,7 +94,18 @@ def build(
     from pdp_pipeline.images import record as build_record
     from pdp_pipeline.images import summary
     from pdp_pipeline.images.registry import is_loopback_registry
+    from pdp_pipeline.release import signing, steps
 
+    trust = None
+    if push and is_loopback_registry(registry):
+        setup(c)
+        # Runtimes built here are signed with this host's build key and verified before
+        # reuse, by later builds and by the release dry run alike.
+        try:
+            signer = steps.host_build_signer(registry, ROOT, os.environ)
+        except signing.SigningError as error:
+            raise SystemExit(f"build: {error}") from None
+        trust = steps.image_trust(signer, strict=False)
     try:
         options = building.BuildOptions(
             archs=platforms.select(arch),
@@ -107,10 +118,11 @@ def build(
             push=push,
             verify=verify,
             allow_fallback=fallback,
+            trust=trust,
         )
     except (ValueError, build_record.BuildError) as error:
         raise SystemExit(f"build: {error}") from None
-    if is_loopback_registry(registry):
+    if not push and is_loopback_registry(registry):
         setup(c)
     try:
         record = building.run_build(options, root=ROOT)

@@ -78,25 +78,30 @@ def build_signer(options: ReleaseOptions, root: Path, env: Mapping[str, str]) ->
     On GitHub that is keyless with the workflow identity (the same regexp verifies the
     wheels workflow's signatures); with --key, that key.
     """
-    insecure = registry.is_loopback_registry(options.registry)
     if options.dry_run and options.key is None:
-        directory = Path(env.get(BUILD_KEY_ENV) or root / BUILD_KEY_DIR)
-        key = directory / signing.PRIVATE_KEY_NAME
-        if not key.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            signing.run_cosign(
-                signing.generate_key_pair_command(directory / "cosign"),
-                what=f"making this host's build key in {directory}",
-                env=signing.cosign_environment(env, throwaway=True),
-            )
-        return signing.Signer(
-            key=key,
-            public_key=directory / signing.PUBLIC_KEY_NAME,
-            transparency_log=False,
-            insecure_registry=insecure,
-            throwaway=True,  # empty password, like the throwaway key
-        )
+        return host_build_signer(options.registry, root, env)
     return make_signer(options, root)
+
+
+def host_build_signer(registry_name: str, root: Path, env: Mapping[str, str]) -> signing.Signer:
+    """This host's kept build key (made on first use): what signs the runtime and wheels
+    images built here, so a later build or a dry run verifies them before reuse."""
+    directory = Path(env.get(BUILD_KEY_ENV) or root / BUILD_KEY_DIR)
+    key = directory / signing.PRIVATE_KEY_NAME
+    if not key.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        signing.run_cosign(
+            signing.generate_key_pair_command(directory / "cosign"),
+            what=f"making this host's build key in {directory}",
+            env=signing.cosign_environment(env, throwaway=True),
+        )
+    return signing.Signer(
+        key=key,
+        public_key=directory / signing.PUBLIC_KEY_NAME,
+        transparency_log=False,
+        insecure_registry=registry.is_loopback_registry(registry_name),
+        throwaway=True,  # empty password, like the throwaway key
+    )
 
 
 def image_trust(signer: signing.Signer, *, strict: bool, log: Log = print) -> ImageTrust:
