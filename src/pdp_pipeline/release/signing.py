@@ -46,7 +46,9 @@ class Signer:
     # Keyless verification: which workflow identity and issuer to accept.
     certificate_identity_regexp: str | None = None
     oidc_issuer: str = GITHUB_OIDC_ISSUER
-    throwaway: bool = False  # a key pair made for one dry run, then discarded
+    throwaway: bool = False  # a key pair with an empty password (a dry run's, this host's)
+    # What the key is, for logs ("this host's build key"); "" says it from the fields.
+    label: str = ""
 
     @property
     def keyless(self) -> bool:
@@ -57,6 +59,8 @@ class Signer:
         if self.keyless:
             return "keyless (OIDC certificate, transparency log)"
         log = "transparency log" if self.transparency_log else "no transparency log"
+        if self.label:
+            return f"{self.label} ({log})"
         if self.throwaway:
             return f"throwaway key pair of this dry run ({log})"
         return f"key {self.key.name if self.key else '?'} ({log})"

@@ -101,6 +101,7 @@ def host_build_signer(registry_name: str, root: Path, env: Mapping[str, str]) ->
         transparency_log=False,
         insecure_registry=registry.is_loopback_registry(registry_name),
         throwaway=True,  # empty password, like the throwaway key
+        label=f"this host's build key ({key})",
     )
 
 
