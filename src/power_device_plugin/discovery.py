@@ -422,16 +422,39 @@ class _Looked:
         return (self.inspection.kind, self.inspection.rdev)
 
 
+class _SysfsIndex:
+    """A block device's sysfs entry by device number: from the ``<sys-root>/block``
+    listing when the scan made one, else from ``<sys-root>/dev/block/M:m``, and from a
+    listing made on first need when that link is missing (a tree without it)."""
+
+    def __init__(self, sys_root: Path, blocks: list[_BlockDevice] | None) -> None:
+        self._sys_root = sys_root
+        self._listed = blocks is not None
+        self._by_number = {b.rdev: b for b in blocks or () if b.rdev is not None}
+
+    def entry(self, rdev: DeviceNumber) -> _BlockDevice | None:
+        known = self._by_number.get(rdev)
+        if known is not None:
+            return known
+        found = _sysfs_by_number(self._sys_root, rdev)
+        if found is None and not self._listed:
+            self._listed = True
+            for block in sysfs_block_devices(self._sys_root):
+                if block.rdev is not None:
+                    self._by_number.setdefault(block.rdev, block)
+            found = self._by_number.get(rdev)
+        return found
+
+
 def _look(
     item: _Found,
     inspection: _Inspection,
     dev_root_real: str,
-    sys_root: Path,
-    by_number: dict[DeviceNumber, _BlockDevice],
+    sysfs_index: _SysfsIndex,
 ) -> _Looked:
     sysfs = None
     if inspection.kind == KIND_BLOCK and inspection.rdev is not None:
-        sysfs = by_number.get(inspection.rdev) or _sysfs_by_number(sys_root, inspection.rdev)
+        sysfs = sysfs_index.entry(inspection.rdev)
     names = list(item.aliases)
     if inspection.real_path:
         # Inside dev-root by now, so the host path is a plain prefix swap.
@@ -442,23 +465,31 @@ def _look(
     return _Looked(item, inspection, own, sysfs)
 
 
-def scan(config: PluginConfig, dev_root: Path, sys_root: Path, host_use: HostUse) -> ScanResult:
+def scan(
+    config: PluginConfig,
+    dev_root: Path,
+    sys_root: Path,
+    host_use: HostUse,
+    explain_unmatched: bool = True,
+) -> ScanResult:
     """Every candidate device with its verdict; pure apart from reading the two trees
-    (``host_use`` is what the host's mount table and swaps said, read by the caller)."""
+    (``host_use`` is what the host's mount table and swaps said, read by the caller).
+
+    With ``include-devices`` and ``explain_unmatched=False`` (the watcher), block
+    devices no include matches are not looked at: ``<sys-root>/block`` is not listed,
+    and the sysfs entry of each matched node is found by its device number
+    (``<sys-root>/dev/block/M:m``). The advertised candidates are the same; only the
+    ``excluded (include-devices)`` lines the ``scan`` command shows are left out.
+    """
     root = posixpath.normpath(str(dev_root))
     root_real = os.path.realpath(root)
-    blocks = sysfs_block_devices(sys_root)
-    by_number = {b.rdev: b for b in blocks if b.rdev is not None}
+    skip_unmatched = bool(config.include_devices) and not explain_unmatched
+    blocks = None if skip_unmatched else sysfs_block_devices(sys_root)
+    sysfs_index = _SysfsIndex(sys_root, blocks)
     real_dirs = _RealDirs()
     looked = [
-        _look(
-            item,
-            inspect_node(item.path, root, root_real, real_dirs),
-            root_real,
-            sys_root,
-            by_number,
-        )
-        for item in _found_things(config, root, blocks)
+        _look(item, inspect_node(item.path, root, root_real, real_dirs), root_real, sysfs_index)
+        for item in _found_things(config, root, blocks or [])
     ]
     # Every name seen reaching each device, so excludes and the deny list see them all.
     names_of: dict[_DeviceKey, dict[str, None]] = {}
