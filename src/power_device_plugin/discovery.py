@@ -43,6 +43,7 @@ refused candidate.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import os
 import posixpath
@@ -77,6 +78,11 @@ KIND_BLOCK = "block"
 KIND_CHAR = "char"
 
 MAX_SYMLINK_HOPS = 40
+
+# The deny list is glob-matched name by name (~15 patterns); a node's names are the
+# same from one scan to the next, so the answer is remembered (it depends on the
+# name alone). Bounded: a SAN node has a few thousand names.
+_denied_reason = functools.lru_cache(maxsize=8192)(denied_reason)
 
 
 @dataclass(frozen=True)
@@ -432,10 +438,18 @@ class _SysfsIndex:
         self._listed = blocks is not None
         self._by_number = {b.rdev: b for b in blocks or () if b.rdev is not None}
 
-    def entry(self, rdev: DeviceNumber) -> _BlockDevice | None:
+    def entry(self, rdev: DeviceNumber, kernel_name: str = "") -> _BlockDevice | None:
+        """``kernel_name`` (the node's name under dev-root, ``/`` as ``!``) is tried
+        first: a disk or dm node is usually named as its ``<sys-root>/block`` entry,
+        and one read of its ``dev`` file confirms it."""
         known = self._by_number.get(rdev)
         if known is not None:
             return known
+        if kernel_name and not self._listed:
+            entry = os.path.join(str(self._sys_root), "block", kernel_name)
+            if parse_device_number(_read_text(os.path.join(entry, "dev"))) == rdev:
+                host_path = HOST_DEV_PREFIX + kernel_name.replace("!", "/")
+                return _BlockDevice(host_path, _mapper_aliases(entry), entry, entry, rdev)
         found = _sysfs_by_number(self._sys_root, rdev)
         if found is None and not self._listed:
             self._listed = True
@@ -452,13 +466,17 @@ def _look(
     dev_root_real: str,
     sysfs_index: _SysfsIndex,
 ) -> _Looked:
-    sysfs = None
-    if inspection.kind == KIND_BLOCK and inspection.rdev is not None:
-        sysfs = sysfs_index.entry(inspection.rdev)
-    names = list(item.aliases)
+    real_host_path = ""
     if inspection.real_path:
         # Inside dev-root by now, so the host path is a plain prefix swap.
-        names.append("/dev" + inspection.real_path[len(dev_root_real.rstrip("/")) :])
+        real_host_path = "/dev" + inspection.real_path[len(dev_root_real.rstrip("/")) :]
+    sysfs = None
+    if inspection.kind == KIND_BLOCK and inspection.rdev is not None:
+        kernel_name = real_host_path[len(HOST_DEV_PREFIX) :].replace("/", "!")
+        sysfs = sysfs_index.entry(inspection.rdev, kernel_name)
+    names = list(item.aliases)
+    if real_host_path:
+        names.append(real_host_path)
     if sysfs is not None:
         names.extend((sysfs.host_path, *sysfs.aliases))
     own = tuple(dict.fromkeys(n for n in names if n != item.host_path))
@@ -543,7 +561,7 @@ def _judge(
     if not item.rule:
         return EXCLUDED, RULE_NOT_INCLUDED, "not matched by any include-devices pattern"
     for name in (item.host_path, *aliases):
-        denied = denied_reason(name)
+        denied = _denied_reason(name)
         if denied is not None:
             return (
                 REFUSED,
