@@ -235,7 +235,7 @@ class Plugin:
             import inotify_simple  # the dev venv has it: a single pure-Python file
 
             command += [
-                "-v", f"{ROOT / 'src'}:/bench/src:ro",
+                "-v", f"{os.environ.get('PDP_BENCH_SRC', ROOT / 'src')}:/bench/src:ro",
                 "-v", f"{inotify_simple.__file__}:/bench/deps/inotify_simple.py:ro",
                 "-e", "PYTHONPATH=/bench/src:/bench/deps:/opt/power-device-plugin/site-packages",
             ]  # fmt: skip

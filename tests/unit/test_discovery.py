@@ -595,3 +595,16 @@ def test_the_watchers_scan_does_not_list_sysfs_when_every_match_has_a_number_lin
     result = scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False)
     assert advertised_paths(result) == ["/dev/dm-0", "/dev/dm-1"]
     assert by_host_path(result)["/dev/dm-1"].problem.startswith("no live multipath path")
+
+
+def test_the_deny_list_pre_check_never_changes_the_answer() -> None:
+    from power_device_plugin.discovery import _denied_reason
+    from power_device_plugin.host_use import DENY_LIST, denied_reason
+
+    names = {"/dev//mem", "/dev/./kmem", "//dev/mem", "/dev/x/../mem", "/dev/[", "/dev"}
+    for pattern, _why in DENY_LIST:
+        for fill in ("", "x", "0", "abc", "1/2"):
+            names |= {pattern.replace("*", fill), pattern.replace("*", fill) + "1"}
+    names |= {f"/dev/dm-{i}" for i in range(20)} | {f"/dev/mapper/mpath{i}" for i in range(20)}
+    assert {n: _denied_reason(n) for n in names} == {n: denied_reason(n) for n in names}
+    assert _denied_reason("/dev/cpu/0/msr") is not None
