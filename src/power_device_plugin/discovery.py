@@ -49,6 +49,7 @@ import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .config import HOST_DEV_PREFIX, NX_GZIP_HOST_PATH, PluginConfig
 from .host_use import DENY_LIST, DeviceNumber, HostUse, denied_char_device, denied_reason
@@ -84,7 +85,8 @@ MAX_SYMLINK_HOPS = 40
 # characters (None where the part starts with a wildcard or is empty), by part
 # count and by the first character of the last part: most names then meet no
 # pattern that could match, and only the others go through the real check.
-_Sketch = tuple[str | None, ...]
+# Optional, not "str | None": an alias is evaluated at run time, on Python 3.9 too.
+_Sketch = tuple[Optional[str], ...]
 _WILDCARD_START = "*?["
 
 
