@@ -34,6 +34,7 @@ from power_device_plugin.notify import (
     NotifyUnavailable,
 )
 from power_device_plugin.server import DevicePluginServicer, add_servicer
+from power_device_plugin.watch import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +305,14 @@ class PluginLifecycle:
 
     def _watch(self, own: SocketSignature | None, kubelet: SocketSignature) -> str | None:
         """Watch both sockets; the reason to start again, or None when stopping."""
+        trimmed = False
         while not self._wait_for_sockets(SAFETY_POLL_SECONDS):
             self.heartbeat.beat()
+            if not trimmed:
+                # Registering, the kubelet's first calls and the first list are done by
+                # now: hand the heap they freed back to the kernel, once per registration.
+                release_free_heap()
+                trimmed = True
             if socket_signature(self.endpoint.socket_path) != own:
                 return f"plugin socket {self.endpoint.socket_path} was removed"
             if socket_signature(self.endpoint.kubelet_socket) != kubelet:
