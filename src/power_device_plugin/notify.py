@@ -103,7 +103,8 @@ class WakingEvent(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self._wakers: list[ChangeNotifier] = []
-        self._wakers_lock = threading.Lock()
+        # Re-entrant: set() may run in a signal handler on a thread inside add_waker.
+        self._wakers_lock = threading.RLock()
 
     def add_waker(self, notifier: ChangeNotifier) -> None:
         with self._wakers_lock:

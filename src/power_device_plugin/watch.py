@@ -451,8 +451,11 @@ class DeviceWatcher:
             )
             return None
         notifier.wake_on(stop)
-        for name in ("1/mountinfo", "swaps"):
-            notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(str(self.host_proc), name))
+        proc = str(self.host_proc)
+        # The mount table read_host_use reads: PID 1's, else the one it falls back to.
+        if not notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "1", "mountinfo")):
+            notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "self", "mountinfo"))
+        notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "swaps"))
         return notifier
 
     def _watch_dirs(self, notifier: ChangeNotifier) -> dict[str, str]:

@@ -284,3 +284,42 @@ def test_without_the_inotify_package_notification_is_unavailable(
     monkeypatch.setitem(sys.modules, "inotify_simple", None)
     with pytest.raises(NotifyUnavailable, match="inotify_simple"):
         ChangeNotifier()
+
+
+def test_a_mount_on_the_host_makes_the_watcher_rescan_without_waiting(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    # The real /proc: procfs flags PID 1's mount table, which a fake file cannot.
+    scanned = threading.Event()
+    scans: list[ScanResult] = []
+
+    def on_scan(result: ScanResult, seconds: float) -> None:
+        scans.append(result)
+        scanned.set()
+
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of(scan_interval="1h")),
+        host.dev,
+        host.sys,
+        Path("/proc"),
+        safety_poll_seconds=3600,
+        on_scan=on_scan,
+    )
+    watcher.check()
+    stop, thread = _run(watcher)
+    point = tmp_path / "point"
+    point.mkdir()
+    try:
+        # A mount before the watch is in place is seen too: the watcher's first look,
+        # once its watches are set, compares the mount table's digest.
+        before = len(scans)
+        scanned.clear()
+        assert _mount_tmpfs(point), "cannot mount a tmpfs here"
+        try:
+            assert scanned.wait(10.0), "no rescan after the mount"
+        finally:
+            subprocess.run(["umount", str(point)], check=True)
+    finally:
+        _stop(stop, thread)
+    assert len(scans) > before
