@@ -495,9 +495,9 @@ class DeviceWatcher:
                     self.poll_interval,
                 )
             unwatchable = failed
-            timeout = self._timeout(degraded=bool(failed))
-            if retry:
-                timeout = min(timeout, RETRY_SECONDS)
+            # After a failed round, the next one comes RETRY_SECONDS later, not at once:
+            # a due rescan that keeps failing must not spin.
+            timeout = RETRY_SECONDS if retry else self._timeout(degraded=bool(failed))
             try:
                 wake = notifier.wait(timeout)
             except OSError:

@@ -581,3 +581,39 @@ def test_a_later_config_over_the_cap_keeps_the_units_of_the_last_applied_one(
     path.write_text(json.dumps({"grant-mode": "per-device", "upper-limit": 3}))
     assert watcher.check() is True
     assert len(watcher.state.current().devices) == 33
+
+
+def test_a_rescan_that_keeps_failing_is_retried_not_spun(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import watch
+
+    calls: list[int] = []
+
+    def always_failing(*args: Any, **kwargs: Any) -> ScanResult:
+        calls.append(1)
+        raise OSError("sysfs went away")
+
+    clock = FakeClock()
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of(scan_interval="1h")),
+        host.dev,
+        host.sys,
+        host.proc,
+        safety_poll_seconds=3600,
+        clock=clock,
+    )
+    watcher.check()
+    # The periodic rescan is due (and overdue while the clock stands still), and fails.
+    clock.now += 3600
+    monkeypatch.setattr(watch, "scan", always_failing)
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive()
+    # Retried every 0.4 s: a handful of tries, not thousands (and at least one retry).
+    assert 2 <= len(calls) <= 10
