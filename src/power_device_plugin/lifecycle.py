@@ -47,8 +47,8 @@ SAFETY_POLL_SECONDS = 5.0
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
 REGISTER_TIMEOUT_SECONDS = 3.0
-# Open ListAndWatch streams end on their own within server.STREAM_WAKE_SECONDS;
-# the grace only lets in-flight unary calls finish.
+# Open ListAndWatch streams end as soon as stopping the server ends their RPCs
+# (server.ListAndWatch); the grace only lets in-flight unary calls finish.
 STOP_GRACE_SECONDS = 0.5
 # gRPC worker threads. The kubelet holds one ListAndWatch stream (a second one only
 # while it restarts: the old stream ends as soon as its connection does, see
