@@ -6,6 +6,7 @@ integration tests, and measures from outside:
 
 - first full list after start (process started -> ListAndWatch with N units),
 - RSS after that list (VmRSS of the plugin's process, from the host's /proc),
+  and again once settled (after the plugin's first 5 s idle round),
 - Allocate p50/p99 through a gRPC client on the plugin's unix socket,
 - 1000 concurrent Allocates (8 threads x 125) and how many failed,
 - kubelet restart -> re-registration (max of a few),
@@ -54,6 +55,8 @@ INCLUDE = ["/dev/dm-*"]
 SAN_PATHS_PER_MAP = 4
 CONCURRENT_THREADS = 8
 CONCURRENT_PER_THREAD = 125
+# After the first list: the plugin's idle rounds come every 5 s.
+SETTLE_SECONDS = 5.5
 
 # The goals: (figure, comparison, bound). "<=" unless said otherwise.
 GOALS: dict[str, dict[str, float]] = {
@@ -115,6 +118,7 @@ UNITS = {
     "concurrent_errors": "",
     "concurrent_wall_s": "s",
     "rss_mib": "MiB",
+    "rss_settled_mib": "MiB",
     "rss_after_burst_mib": "MiB",
     "rss_end_mib": "MiB",
     "idle_cpu_percent": "%",
@@ -139,6 +143,9 @@ class Settings:
     python: str
     plugin_env: tuple[tuple[str, str], ...] = ()  # extra environment of the plugin
     image_cpus: str | None = None  # docker --cpus; the DaemonSet's limit is 0.2
+    # Run this tree's src/ (and the dev venv's pure-Python inotify_simple) in the image,
+    # ahead of the code the image was built with: the image's runtime, this code.
+    image_src: bool = False
 
 
 # -- the process under test -----------------------------------------------------
@@ -221,13 +228,21 @@ class Plugin:
             "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--memory", "128m",
             *(["--cpus", self.settings.image_cpus] if self.settings.image_cpus else []),
-            "-e", "PYTHONDONTWRITEBYTECODE=1",
+            "-e", "PYTHONDONTWRITEBYTECODE=1", "-e", "MALLOC_ARENA_MAX=2",
             *[f"--env={k}={v}" for k, v in self.settings.plugin_env],
             "-v", f"{node.plugin_dir}:/var/lib/kubelet/device-plugins",
             "-v", f"{node.dev}:/host/dev:ro",
             "-v", f"{node.sys}:/host/sys:ro",
             "-v", f"{node.config_dir}:/etc/power-device-plugin:ro",
         ]  # fmt: skip
+        if self.settings.image_src:
+            import inotify_simple  # the dev venv has it: a single pure-Python file
+
+            command += [
+                "-v", f"{os.environ.get('PDP_BENCH_SRC', ROOT / 'src')}:/bench/src:ro",
+                "-v", f"{inotify_simple.__file__}:/bench/deps/inotify_simple.py:ro",
+                "-e", "PYTHONPATH=/bench/src:/bench/deps:/opt/power-device-plugin/site-packages",
+            ]  # fmt: skip
         if host_proc:
             command += ["-v", f"{node.proc}:/host/proc:ro"]
         command += [
@@ -486,6 +501,9 @@ def run_case(case: str, settings: Settings) -> dict[str, float]:
                 time.sleep(1.0)  # start-up garbage settles
                 figures["rss_mib"] = rss_mib(plugin.pid)
                 figures["threads"] = thread_count(plugin.pid)
+                # Past the lifecycle's first 5 s safety round (which trims the heap).
+                time.sleep(SETTLE_SECONDS)
+                figures["rss_settled_mib"] = rss_mib(plugin.pid)
                 if case != "san":
                     ids = sorted(devices)
                     channel = grpc.insecure_channel(f"unix://{plugin.socket_path}")
@@ -539,7 +557,7 @@ def table(results: dict[str, dict[str, float]], settings: Settings) -> str:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     env = tuple(tuple(item.split("=", 1)) for item in args.plugin_env)
-    extra = {"plugin_env": env, "image_cpus": args.image_cpus}
+    extra = {"plugin_env": env, "image_cpus": args.image_cpus, "image_src": args.image_src}
     if args.quick:
         return Settings(args.devices, 300, 50, 2, 1, 5.0, args.image, args.python, **extra)
     return Settings(args.devices, 2000, 200, 5, 3, 20.0, args.image, args.python, **extra)
@@ -560,6 +578,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--image-cpus", help="docker --cpus for --image (the DaemonSet's limit is 0.2)"
+    )
+    parser.add_argument(
+        "--image-src",
+        action="store_true",
+        help="with --image: run this tree's src/ (and inotify_simple) on the image's runtime",
     )
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
     parser.add_argument("--json-only", action="store_true")
@@ -586,6 +609,7 @@ def main() -> int:
         "runner": f"image:{settings.image}" if settings.image else "venv",
         "plugin_env": dict(settings.plugin_env),
         "image_cpus": settings.image_cpus,
+        "image_src": settings.image_src,
         **results,
         "goals": {case: GOALS[case] for case in results},
         "go_earlier": {case: GO_REFERENCE[case] for case in results},

@@ -376,9 +376,11 @@ def start_watchers(
 def run_serve(args: argparse.Namespace) -> int:
     from power_device_plugin.health import HealthServer, Probes, parse_listen, stalled
     from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
+    from power_device_plugin.notify import WakingEvent
     from power_device_plugin.server import DevicePluginServicer
 
-    stopping = threading.Event()
+    # Setting it also wakes the watchers blocked waiting for kernel notifications.
+    stopping = WakingEvent()
     install_stop_handlers(stopping)
     log.info("power-device-plugin %s starting", __version__)
     metrics = PluginMetrics()

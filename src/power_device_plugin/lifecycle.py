@@ -4,6 +4,11 @@ Recovery is the main path, not a special case: one loop serves the plugin
 socket, registers with the kubelet (retrying with backoff while the kubelet is
 away), then watches. When our socket disappears or `kubelet.sock` is recreated
 (the kubelet restarted) it tears everything down and goes round again.
+
+Both sockets are watched through inotify on the plugin directory (a socket
+created or removed wakes the loop at once) with a stat of both every
+``SAFETY_POLL_SECONDS`` as the safety net; without inotify, every
+``POLL_SECONDS``.
 """
 
 from __future__ import annotations
@@ -23,20 +28,35 @@ import grpc
 from power_device_plugin.api import API_VERSION, KUBELET_SOCKET_NAME, pb, rpc
 from power_device_plugin.health import Heartbeat
 from power_device_plugin.metrics import PluginMetrics
+from power_device_plugin.notify import (
+    STRUCTURE_EVENTS,
+    ChangeNotifier,
+    NotifyUnavailable,
+)
 from power_device_plugin.server import DevicePluginServicer, add_servicer
+from power_device_plugin.watch import release_free_heap
 
 log = logging.getLogger(__name__)
 
-# Both sockets are stat()ed this often: cheap (two stat calls), and well
-# inside the 1 s we allow ourselves to come back after a kubelet restart.
+# Without inotify both sockets are stat()ed this often: cheap (two stat calls),
+# and well inside the 1 s we allow ourselves to come back after a kubelet restart.
 POLL_SECONDS = 0.25
+# With inotify on the plugin directory, the stat safety net runs this often (and
+# the heartbeat beats at least this often while the loop blocks).
+SAFETY_POLL_SECONDS = 5.0
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
 REGISTER_TIMEOUT_SECONDS = 3.0
-# Open ListAndWatch streams end on their own within server.STREAM_WAKE_SECONDS;
-# the grace only lets in-flight unary calls finish.
+# Open ListAndWatch streams end as soon as stopping the server ends their RPCs
+# (server.ListAndWatch); the grace only lets in-flight unary calls finish.
 STOP_GRACE_SECONDS = 0.5
-SERVER_THREADS = 16
+# gRPC worker threads. The kubelet holds one ListAndWatch stream (a second one only
+# while it restarts: the old stream ends as soon as its connection does, see
+# server.ListAndWatch), and sends unary calls one pod at a time; calls beyond the
+# pool wait in its queue, they do not fail. 4 leaves at least 2 workers for
+# Allocate even with two streams open, and each idle worker is memory (~90 KiB
+# after a call, plus a malloc arena) that a larger pool only spends in bursts.
+SERVER_THREADS = 4
 
 SocketSignature = tuple[int, int, int]  # (device, inode, ctime_ns)
 
@@ -105,6 +125,9 @@ class PluginLifecycle:
         # Beaten on every turn of every wait below; /healthz fails when it stops.
         self.heartbeat = Heartbeat("kubelet lifecycle loop")
         self._executor = ThreadPoolExecutor(max_workers=SERVER_THREADS, thread_name_prefix="grpc")
+        self._notifier: ChangeNotifier | None = None
+        # How the sockets are watched: "inotify" or "poll" ("" before run()).
+        self.waiting_by = ""
 
     def ready(self) -> bool:
         """Registered, and the kubelet holds a ListAndWatch stream open."""
@@ -114,6 +137,7 @@ class PluginLifecycle:
         """The loop. Returns once `stopping` is set, with the socket removed."""
         delays = backoff_delays(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
         failures = 0
+        self._notifier = self._open_notifier()
         try:
             while not self._stopping.is_set():
                 self.heartbeat.beat()
@@ -131,8 +155,47 @@ class PluginLifecycle:
                     )
                     self._stopping.wait(delay)
         finally:
+            if self._notifier is not None:
+                self._notifier.close()
+                self._notifier = None
             self._executor.shutdown(wait=False)
             log.info("plugin stopped")
+
+    def _open_notifier(self) -> ChangeNotifier | None:
+        try:
+            notifier = ChangeNotifier()
+        except NotifyUnavailable as error:
+            log.warning(
+                "no kernel change notification (%s): checking the sockets every %.2fs",
+                error,
+                POLL_SECONDS,
+            )
+            self.waiting_by = "poll"
+            return None
+        notifier.wake_on(self._stopping)
+        self.waiting_by = "inotify"
+        return notifier
+
+    def _wait_for_sockets(self, timeout: float) -> bool:
+        """Wait until the plugin directory changes, or ``timeout`` runs out, or stop;
+        True when stopping."""
+        notifier = self._notifier
+        if notifier is not None:
+            failed = notifier.watch_dirs(
+                "sockets", [str(self.endpoint.plugin_dir)], STRUCTURE_EVENTS
+            )
+            if not failed:
+                try:
+                    notifier.wait(min(timeout, SAFETY_POLL_SECONDS))
+                except OSError as error:
+                    log.warning(
+                        "waiting on %s failed (%s): polling", self.endpoint.plugin_dir, error
+                    )
+                    notifier.close()
+                    self._notifier = None
+                    self.waiting_by = "poll"
+                return self._stopping.is_set()
+        return self._stopping.wait(min(timeout, POLL_SECONDS))
 
     def _one_round(self) -> None:
         server, own = self._serve()
@@ -210,7 +273,7 @@ class PluginLifecycle:
             # Wait out the delay, but retry at once when kubelet.sock appears
             # or is replaced, and start over if our own socket was removed.
             deadline = time.monotonic() + delay
-            while not self._stopping.wait(POLL_SECONDS):
+            while not self._wait_for_sockets(max(0.0, deadline - time.monotonic())):
                 self.heartbeat.beat()
                 if socket_signature(self.endpoint.socket_path) != own:
                     log.warning(
@@ -241,9 +304,15 @@ class PluginLifecycle:
         return None
 
     def _watch(self, own: SocketSignature | None, kubelet: SocketSignature) -> str | None:
-        """Poll both sockets; the reason to start again, or None when stopping."""
-        while not self._stopping.wait(POLL_SECONDS):
+        """Watch both sockets; the reason to start again, or None when stopping."""
+        trimmed = False
+        while not self._wait_for_sockets(SAFETY_POLL_SECONDS):
             self.heartbeat.beat()
+            if not trimmed:
+                # Registering, the kubelet's first calls and the first list are done by
+                # now: hand the heap they freed back to the kernel, once per registration.
+                release_free_heap()
+                trimmed = True
             if socket_signature(self.endpoint.socket_path) != own:
                 return f"plugin socket {self.endpoint.socket_path} was removed"
             if socket_signature(self.endpoint.kubelet_socket) != kubelet:

@@ -29,9 +29,10 @@ from power_device_plugin.metrics import PluginMetrics
 log = logging.getLogger(__name__)
 
 # How long a ListAndWatch stream waits for a new snapshot before it looks
-# again at whether it was cancelled or the plugin is stopping. New snapshots
-# wake it at once; this only bounds how long a dead stream holds a thread.
-STREAM_WAKE_SECONDS = 1.0
+# again at whether it was cancelled or the plugin is stopping. New snapshots,
+# the end of the RPC (a callback closes the subscription) and stopping (which
+# closes every subscription) all wake it at once: this is only a safety net.
+STREAM_WAKE_SECONDS = 30.0
 
 SERVICE_NAME = "v1beta1.DevicePlugin"
 
@@ -183,6 +184,9 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         # Subscribe before reading the current snapshot, so a change between
         # the two is never lost (at worst the same list is seen twice and skipped).
         subscription = self._state.subscribe()
+        # The RPC ending (kubelet gone, cancelled, server stopped) closes the
+        # subscription, which wakes the wait below: a dead stream frees its worker at once.
+        context.add_callback(subscription.close)
         self.streams.opened()
         try:
             sent = self._state.current().devices

@@ -1,4 +1,4 @@
-"""Cheap change detection for the config file and the device trees.
+"""Change detection for the config file, the device trees and the host's use of them.
 
 Interface (what the lifecycle uses)::
 
@@ -7,26 +7,37 @@ Interface (what the lifecycle uses)::
     watcher.check()                                   # first scan, synchronous
     threading.Thread(target=watcher.run, args=(stop_event,), daemon=True).start()
 
-``run`` calls ``check`` every ``poll_interval`` seconds (0.25 by default) until
-the event is set. ``check`` polls the config, compares stat signatures and, when
+``check`` is one round: it polls the config, compares stat signatures and, when
 something changed (or the periodic rescan is due), runs ``discovery.scan`` and
 ``DeviceState.update``, which pushes the new list to every ListAndWatch stream.
+
+``run`` waits for the kernel to report a change (``notify.ChangeNotifier``):
+inotify on the watched device directories and on the config file's directory,
+and ``POLLPRI`` on the host's ``mountinfo`` and ``swaps``. An event runs a round
+at once (after a 50 ms debounce); with no event a round runs every
+``SAFETY_POLL_SECONDS`` (the safety net: what inotify cannot see, such as a new
+name in ``<sys-root>/block`` without a ``/dev`` node, or a fake ``/proc`` made of
+regular files) and the full rescan every ``scan-interval`` (sysfs-only changes,
+e.g. ``device/state`` going offline, are seen there, as before). If inotify
+cannot be set up (no ``inotify_simple``, no inotify, the watch limit reached),
+``run`` logs it once and falls back to a round every ``poll_interval``.
 
 Signatures are stats of directories, never of every node: a node appearing or
 disappearing changes its directory's mtime. The watched directories are
 ``<dev-root>`` itself, ``<dev-root>/mapper``, ``<dev-root>/crypto``, and the
 directories the include globs point into; ``<sys-root>/block`` is compared by
 its list of names, because sysfs does not keep directory mtimes up to date.
-
-The host's use of its disks is part of what is polled, in every strategy: a
-digest of ``<host-proc>/1/mountinfo`` and ``<host-proc>/swaps`` (procfs keeps no
-useful mtimes), so a device mounted or swapped on later is withdrawn at the next
-round. Reading two small procfs files a few times a second is the idle cost.
+The host's use of its disks is part of every round, in every strategy: a digest
+of ``<host-proc>/1/mountinfo`` and ``<host-proc>/swaps`` (procfs keeps no useful
+mtimes), so a device mounted or swapped on later is withdrawn.
 
 ``discovery-strategy``: ``default`` watches as above and also rescans fully every
 ``scan-interval`` as a safety net; ``time`` only rescans every ``scan-interval``
-(no signature polling of the device trees; the config and the host's mount
-table are still polled).
+(no watching of the device trees; the config and the host's mount table are
+still watched).
+
+The watcher's scans skip what no include can match (``scan(...,
+explain_unmatched=False)``); the ``scan`` command still explains every device.
 
 Fail closed: until a valid config has been read, nothing is scanned and nothing
 is advertised; the log says why at start and every ``NO_CONFIG_LOG_SECONDS``.
@@ -57,10 +68,26 @@ from .devices import DeviceState, capacity_problem
 from .discovery import ScanResult, scan, to_dev_root_path
 from .health import Heartbeat
 from .host_use import HostUse, read_host_use
+from .notify import (
+    CONFIG_DIR_EVENTS,
+    DEVICE_DIR_EVENTS,
+    ChangeNotifier,
+    NotifyUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL_SECONDS = 0.25
+# With kernel notification, a round without an event this often: it catches what
+# inotify cannot see and beats the heartbeat while the thread blocks.
+SAFETY_POLL_SECONDS = 5.0
+# A failed round under notification is retried this soon (as the poll would).
+RETRY_SECONDS = 0.4
+GROUP_DEVICES = "devices"
+GROUP_CONFIG = "config"
+GROUP_HOST_USE = "host-use"
+# Groups whose events force a rescan; config events go through ConfigWatcher.poll.
+_RESCAN_GROUPS = frozenset({GROUP_DEVICES, GROUP_HOST_USE})
 # How often "no valid config yet" is repeated in the log: visible, not every tick.
 NO_CONFIG_LOG_SECONDS = 60.0
 # The host mount table of a busy node is some tens of KiB; bound what one poll reads.
@@ -138,6 +165,21 @@ def host_use_signature(host_proc: Path) -> Signature:
     return tuple(digests)
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim(0)``).
+
+    A scan allocates and frees thousands of small objects; without a trim the freed
+    pages stay in the process's RSS. A no-op where libc has no ``malloc_trim``
+    (musl). ``ctypes`` is loaded anyway by the inotify library."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return
+    trim(0)
+
+
 def describe_config(config: PluginConfig) -> str:
     """The parts of a config that decide what is advertised, for log lines."""
     includes = ", ".join(config.include_devices) or "every block device"
@@ -155,6 +197,8 @@ class ConfigSource(Protocol):
 
     def poll(self) -> bool: ...
 
+    def watched_dirs(self) -> list[str]: ...
+
 
 class StaticConfig:
     """A config that never changes (for `scan` and tests)."""
@@ -168,6 +212,9 @@ class StaticConfig:
 
     def poll(self) -> bool:
         return False
+
+    def watched_dirs(self) -> list[str]:
+        return []
 
 
 class ConfigWatcher:
@@ -198,6 +245,13 @@ class ConfigWatcher:
     def current(self) -> PluginConfig | None:
         with self._lock:
             return self._config
+
+    def watched_dirs(self) -> list[str]:
+        """The directories whose changes can change the file: its own (a ConfigMap's
+        ``..data`` swap and in-place rewrites show there) and the one it resolves into."""
+        own = os.path.dirname(os.path.abspath(self.path))
+        real = os.path.dirname(os.path.realpath(self.path))
+        return list(dict.fromkeys((own, real)))
 
     def poll(self) -> bool:
         """Reload if the file changed; True if a different good config was applied."""
@@ -251,8 +305,15 @@ class DeviceWatcher:
         on_scan: Callable[[ScanResult, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_config_refused: Callable[[ConfigError], None] | None = None,
+        notify: bool = True,
+        safety_poll_seconds: float = SAFETY_POLL_SECONDS,
     ) -> None:
         self.state = state
+        # Kernel change notification in run(); False: a round every poll_interval.
+        self.notify = notify
+        self.safety_poll_seconds = safety_poll_seconds
+        # How run() waits: "inotify", "poll" (after a fallback), "" before run().
+        self.waiting_by = ""
         self._on_config_refused = on_config_refused
         # The config the current snapshot was built under (None before the first scan).
         self.applied: PluginConfig | None = None
@@ -274,7 +335,7 @@ class DeviceWatcher:
     def _rescan(self, config: PluginConfig, now: float) -> bool:
         started = time.perf_counter()
         host_use = read_host_use(self.host_proc, self.sys_root)
-        result = scan(config, self.dev_root, self.sys_root, host_use)
+        result = scan(config, self.dev_root, self.sys_root, host_use, explain_unmatched=False)
         if config != self.applied:
             config, result = self._capacity_checked(config, result, host_use)
         seconds = time.perf_counter() - started
@@ -289,6 +350,9 @@ class DeviceWatcher:
             self._next_full_scan = min(self._next_full_scan, expiry)
         if self._on_scan is not None:
             self._on_scan(result, seconds)
+        # Rescans are rare (a change, the config, every scan-interval) and cost far
+        # more than the trim (~1 ms), which keeps RSS at its floor between them.
+        release_free_heap()
         if changed:
             log.info(
                 "device list changed: %d advertised units (%d devices found)",
@@ -318,7 +382,7 @@ class DeviceWatcher:
             log.error("%s; no config applied yet: advertising nothing", error)
             return config, ScanResult(())
         log.error("%s; keeping the last applied config (%s)", error, describe_config(kept))
-        return kept, scan(kept, self.dev_root, self.sys_root, host_use)
+        return kept, scan(kept, self.dev_root, self.sys_root, host_use, explain_unmatched=False)
 
     def _no_config_yet(self, now: float) -> None:
         """Fail closed, and say so now and then (ConfigWatcher logs each bad version)."""
@@ -333,8 +397,9 @@ class DeviceWatcher:
                 error if error is not None else "none read yet",
             )
 
-    def check(self) -> bool:
-        """One round: True if the advertised list changed."""
+    def check(self, force: bool = False) -> bool:
+        """One round: True if the advertised list changed. ``force`` rescans even when
+        no signature changed (the kernel reported a change to the trees)."""
         now = self._clock()
         config_changed = self.config.poll()
         config = self.config.current()
@@ -346,7 +411,7 @@ class DeviceWatcher:
         signature: Signature = (host_use_signature(self.host_proc),)
         if config.discovery_strategy != STRATEGY_TIME:
             signature += (device_signature(config, self.dev_root, self.sys_root),)
-        if not (config_changed or due or signature != self._signature):
+        if not (force or config_changed or due or signature != self._signature):
             return False
         self._signature = None
         changed = self._rescan(config, now)
@@ -354,7 +419,19 @@ class DeviceWatcher:
         return changed
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set; a failing round is logged and the next one tried."""
+        """Watch until ``stop`` is set; a failing round is logged and the next one tried."""
+        notifier = self._open_notifier(stop) if self.notify else None
+        if notifier is None:
+            self.waiting_by = "poll"
+            self._run_polling(stop)
+            return
+        self.waiting_by = "inotify"
+        try:
+            self._run_notified(stop, notifier)
+        finally:
+            notifier.close()
+
+    def _run_polling(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.check()
@@ -362,3 +439,78 @@ class DeviceWatcher:
                 log.exception("device watch round failed; retrying in %.2fs", self.poll_interval)
             self.heartbeat.beat()
             stop.wait(self.poll_interval)
+
+    def _open_notifier(self, stop: threading.Event) -> ChangeNotifier | None:
+        try:
+            notifier = ChangeNotifier()
+        except NotifyUnavailable as error:
+            log.warning(
+                "no kernel change notification (%s): polling the device trees every %.2fs",
+                error,
+                self.poll_interval,
+            )
+            return None
+        notifier.wake_on(stop)
+        proc = str(self.host_proc)
+        # The mount table read_host_use reads: PID 1's, else the one it falls back to.
+        if not notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "1", "mountinfo")):
+            notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "self", "mountinfo"))
+        notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "swaps"))
+        return notifier
+
+    def _watch_dirs(self, notifier: ChangeNotifier) -> dict[str, str]:
+        """(Re)point the watches at what the current config needs; the directories
+        that exist but cannot be watched."""
+        config = self.config.current()
+        device_dirs: list[str] = []
+        if config is not None and config.discovery_strategy != STRATEGY_TIME:
+            device_dirs = watched_dirs(config, self.dev_root)
+        failed = notifier.watch_dirs(GROUP_DEVICES, device_dirs, DEVICE_DIR_EVENTS)
+        failed.update(
+            notifier.watch_dirs(GROUP_CONFIG, self.config.watched_dirs(), CONFIG_DIR_EVENTS)
+        )
+        return failed
+
+    def _timeout(self, degraded: bool) -> float:
+        """How long to block: the safety poll, cut short by a due full rescan."""
+        timeout = self.poll_interval if degraded else self.safety_poll_seconds
+        if self._next_full_scan is not None:
+            timeout = min(timeout, max(0.0, self._next_full_scan - self._clock()))
+        return timeout
+
+    def _run_notified(self, stop: threading.Event, notifier: ChangeNotifier) -> None:
+        unwatchable: dict[str, str] = {}
+        retry = False
+        while not stop.is_set():
+            before = notifier.watched()
+            failed = self._watch_dirs(notifier)
+            if not set(notifier.watched()) <= set(before):
+                # A directory newly watched may have changed before its watch was
+                # there (at start: since the first scan): look once without waiting.
+                notifier.interrupt()
+            if failed and failed != unwatchable:
+                log.warning(
+                    "cannot watch %s; polling every %.2fs while that lasts",
+                    "; ".join(f"{path} ({why})" for path, why in sorted(failed.items())),
+                    self.poll_interval,
+                )
+            unwatchable = failed
+            # After a failed round, the next one comes RETRY_SECONDS later, not at once:
+            # a due rescan that keeps failing must not spin.
+            timeout = RETRY_SECONDS if retry else self._timeout(degraded=bool(failed))
+            try:
+                wake = notifier.wait(timeout)
+            except OSError:
+                log.exception("waiting for device changes failed; polling instead")
+                self.waiting_by = "poll"
+                self._run_polling(stop)
+                return
+            self.heartbeat.beat()
+            if stop.is_set():
+                return
+            try:
+                self.check(force=bool(wake.groups & _RESCAN_GROUPS))
+                retry = False
+            except Exception:
+                retry = True
+                log.exception("device watch round failed; retrying in %.2fs", RETRY_SECONDS)

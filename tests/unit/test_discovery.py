@@ -532,3 +532,79 @@ def test_sysfs_files_vanishing_mid_scan_never_raise(
     monkeypatch.setattr("builtins.open", vanishing_open)
     result = scan(config_of(include_devices=["/dev/dm-*"]), host.dev, host.sys, NOT_USED)
     assert advertised_paths(result) == ["/dev/dm-0"]
+
+
+def _san_node(host: FakeHost, with_number_links: bool) -> None:
+    """Two multipath maps over sd paths, one sd not in any map; optionally the
+    ``<sys>/dev/block/M:m`` links a real sysfs has."""
+    host.disk("sda")
+    host.disk("sdb")
+    host.disk("sdc")
+    host.dm("dm-0", "mpatha", uuid="mpath-3600a", slaves=("sda",))
+    host.dm("dm-1", "mpathb", uuid="mpath-3600b", slaves=("sdb",))
+    host.sysfs("sda/device/state", "running")
+    host.sysfs("sdb/device/state", "offline")
+    if with_number_links:
+        links = host.sys / "dev" / "block"
+        links.mkdir(parents=True)
+        for name in ("sda", "sdb", "sdc", "dm-0", "dm-1"):
+            number = host.number_of(f"/dev/{name}")
+            (links / f"{number[0]}:{number[1]}").symlink_to(f"../../block/{name}")
+
+
+@pytest.mark.parametrize("with_number_links", [True, False], ids=["by-number", "listing"])
+def test_the_watchers_scan_advertises_the_same_as_the_full_report(
+    host: FakeHost, with_number_links: bool
+) -> None:
+    _san_node(host, with_number_links)
+    config = config_of(include_devices=["/dev/dm-*"], exclude_devices=["/dev/mapper/mpathb"])
+    full = scan(config, host.dev, host.sys, NOT_USED)
+    lean = scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False)
+    assert lean.advertised() == full.advertised()
+    assert advertised_paths(lean) == ["/dev/dm-0"]
+    (advertised,) = lean.advertised()
+    assert (advertised.identity, advertised.problem) == ("dm-uuid:mpath-3600a", "")
+    assert "/dev/mapper/mpatha" in advertised.aliases
+    # The exclude by mapper name still applies: the dm name of a matched node is read.
+    assert by_host_path(lean)["/dev/dm-1"].verdict == EXCLUDED
+
+
+def test_the_full_report_explains_what_no_include_matches_and_the_watchers_scan_does_not(
+    host: FakeHost,
+) -> None:
+    _san_node(host, with_number_links=True)
+    config = config_of(include_devices=["/dev/dm-*"])
+    full = by_host_path(scan(config, host.dev, host.sys, NOT_USED))
+    lean = by_host_path(scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False))
+    assert full["/dev/sdc"].rule == "include-devices"
+    assert sorted(lean) == ["/dev/dm-0", "/dev/dm-1"]
+
+
+def test_the_watchers_scan_does_not_list_sysfs_when_every_match_has_a_number_link(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import discovery
+
+    _san_node(host, with_number_links=True)
+
+    def listing(*args: object) -> object:
+        raise AssertionError("<sys>/block was listed")
+
+    monkeypatch.setattr(discovery, "sysfs_block_devices", listing)
+    config = config_of(include_devices=["/dev/dm-*"])
+    result = scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False)
+    assert advertised_paths(result) == ["/dev/dm-0", "/dev/dm-1"]
+    assert by_host_path(result)["/dev/dm-1"].problem.startswith("no live multipath path")
+
+
+def test_the_deny_list_pre_check_never_changes_the_answer() -> None:
+    from power_device_plugin.discovery import _denied_reason
+    from power_device_plugin.host_use import DENY_LIST, denied_reason
+
+    names = {"/dev//mem", "/dev/./kmem", "//dev/mem", "/dev/x/../mem", "/dev/[", "/dev"}
+    for pattern, _why in DENY_LIST:
+        for fill in ("", "x", "0", "abc", "1/2"):
+            names |= {pattern.replace("*", fill), pattern.replace("*", fill) + "1"}
+    names |= {f"/dev/dm-{i}" for i in range(20)} | {f"/dev/mapper/mpath{i}" for i in range(20)}
+    assert {n: _denied_reason(n) for n in names} == {n: denied_reason(n) for n in names}
+    assert _denied_reason("/dev/cpu/0/msr") is not None

@@ -15,6 +15,7 @@ from tests.unit.conftest import FakeHost, config_of
 from power_device_plugin.config import ConfigError, PluginConfig
 from power_device_plugin.devices import DeviceState
 from power_device_plugin.discovery import ScanResult
+from power_device_plugin.notify import WakingEvent
 from power_device_plugin.watch import (
     NO_CONFIG_LOG_SECONDS,
     ConfigWatcher,
@@ -325,7 +326,8 @@ def test_time_strategy_only_rescans_on_the_interval(host: FakeHost) -> None:
     assert [r.host_path for r in state.current().records] == ["/dev/sda"]
 
 
-def test_a_failing_round_does_not_stop_the_watcher(host: FakeHost) -> None:
+@pytest.mark.parametrize("notify", [False, True], ids=["polling", "notified"])
+def test_a_failing_round_does_not_stop_the_watcher(host: FakeHost, notify: bool) -> None:
     calls: list[int] = []
 
     class FlakyConfig(StaticConfig):
@@ -336,17 +338,28 @@ def test_a_failing_round_does_not_stop_the_watcher(host: FakeHost) -> None:
             return False
 
     watcher = DeviceWatcher(
-        DeviceState(), FlakyConfig(config_of()), host.dev, host.sys, host.proc, poll_interval=0.01
+        DeviceState(),
+        FlakyConfig(config_of()),
+        host.dev,
+        host.sys,
+        host.proc,
+        poll_interval=0.01,
+        notify=notify,
+        safety_poll_seconds=3600,
     )
-    stop = threading.Event()
+    stop = WakingEvent()
     thread = threading.Thread(target=watcher.run, args=(stop,))
     thread.start()
-    deadline = time.monotonic() + 2.0
-    while len(calls) < 3 and time.monotonic() < deadline:
+    # Polling goes round again and again; notified, the failed round is retried
+    # without an event and without waiting for the safety poll.
+    wanted = 2 if notify else 3
+    deadline = time.monotonic() + 5.0
+    while len(calls) < wanted and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     thread.join(2.0)
-    assert len(calls) >= 3
+    assert not thread.is_alive()
+    assert len(calls) >= wanted
 
 
 def test_device_watcher_notices_a_node_in_a_directory_an_include_glob_points_into(
@@ -456,11 +469,11 @@ def test_a_failed_scan_is_retried_at_the_next_round_not_the_next_interval(
     real_scan = watch.scan
     calls: list[int] = []
 
-    def failing_once(*args: Any) -> ScanResult:
+    def failing_once(*args: Any, **kwargs: Any) -> ScanResult:
         calls.append(1)
         if len(calls) == 1:
             raise OSError("sysfs went away")
-        return real_scan(*args)
+        return real_scan(*args, **kwargs)
 
     monkeypatch.setattr(watch, "scan", failing_once)
     state = DeviceState()
@@ -485,22 +498,32 @@ def test_a_failed_scan_is_retried_at_the_next_round_not_the_next_interval(
     assert len(state.current().records) == 2
 
 
-def test_the_watcher_heartbeat_goes_round_with_the_loop(host: FakeHost) -> None:
+@pytest.mark.parametrize("notify", [False, True], ids=["polling", "notified"])
+def test_the_watcher_heartbeat_goes_round_with_the_loop(host: FakeHost, notify: bool) -> None:
     clock = FakeClock()
     watcher = DeviceWatcher(
-        DeviceState(), StaticConfig(config_of()), host.dev, host.sys, host.proc, clock=clock
+        DeviceState(),
+        StaticConfig(config_of()),
+        host.dev,
+        host.sys,
+        host.proc,
+        clock=clock,
+        poll_interval=0.01,
+        notify=notify,
+        # Blocked waiting for events, the loop still beats once per safety poll.
+        safety_poll_seconds=0.01,
     )
     clock.now += 500
     assert watcher.heartbeat.age() == 500
-
-    class OneRound(threading.Event):
-        """Lets run() go round once, then stops it."""
-
-        def wait(self, timeout: float | None = None) -> bool:
-            self.set()
-            return True
-
-    watcher.run(OneRound())
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 5.0
+    while watcher.heartbeat.age() != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive()
     assert watcher.heartbeat.age() == 0
 
 
@@ -558,3 +581,39 @@ def test_a_later_config_over_the_cap_keeps_the_units_of_the_last_applied_one(
     path.write_text(json.dumps({"grant-mode": "per-device", "upper-limit": 3}))
     assert watcher.check() is True
     assert len(watcher.state.current().devices) == 33
+
+
+def test_a_rescan_that_keeps_failing_is_retried_not_spun(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import watch
+
+    calls: list[int] = []
+
+    def always_failing(*args: Any, **kwargs: Any) -> ScanResult:
+        calls.append(1)
+        raise OSError("sysfs went away")
+
+    clock = FakeClock()
+    watcher = DeviceWatcher(
+        DeviceState(),
+        StaticConfig(config_of(scan_interval="1h")),
+        host.dev,
+        host.sys,
+        host.proc,
+        safety_poll_seconds=3600,
+        clock=clock,
+    )
+    watcher.check()
+    # The periodic rescan is due (and overdue while the clock stands still), and fails.
+    clock.now += 3600
+    monkeypatch.setattr(watch, "scan", always_failing)
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive()
+    # Retried every 0.4 s: a handful of tries, not thousands (and at least one retry).
+    assert 2 <= len(calls) <= 10
