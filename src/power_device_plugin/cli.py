@@ -255,7 +255,10 @@ def scan_report(resource: str, snapshot: DeviceSnapshot, result: ScanResult) -> 
     """The `scan --output json` document (format fixed in docs/architecture.md)."""
     return {
         "resource": resource,
-        "devices": [{"id": d.id, "health": d.health} for d in snapshot.devices],
+        "devices": [
+            {"id": d.id, "health": d.health, "numa_nodes": list(d.numa_nodes)}
+            for d in snapshot.devices
+        ],
         "candidates": [
             {
                 "path": c.path,
@@ -267,6 +270,7 @@ def scan_report(resource: str, snapshot: DeviceSnapshot, result: ScanResult) -> 
                 "rdev": f"{c.rdev[0]}:{c.rdev[1]}" if c.rdev is not None else "",
                 "identity": c.identity,
                 "problem": c.problem,
+                "numa_nodes": list(c.numa_nodes),
             }
             for c in result.candidates
         ],

@@ -144,6 +144,8 @@ class AdvertisedDevice:
 
     id: str
     health: str
+    # NUMA nodes for the kubelet's topology manager; () when unknown or spread.
+    numa_nodes: tuple[int, ...] = ()
 
 
 class AllocationError(Exception):
@@ -171,6 +173,7 @@ class DeviceRecord:
     problem: str = ""
     # Clock reading of the first update that missed the device; None while present.
     vanished_at: float | None = None
+    numa_nodes: tuple[int, ...] = ()
 
     @property
     def health(self) -> str:
@@ -503,6 +506,7 @@ def build_snapshot(
     )
     capped = ""
     if config.grant_mode == GRANT_ALL:
+        set_numa = whole_set_numa_nodes(healthy)
         units = set_units(config, len(healthy))
         problem = capacity_problem(config, len(healthy))
         if problem is not None:
@@ -510,7 +514,7 @@ def build_snapshot(
             capped = f"{problem}; advertising {MAX_UNITS} units"
         for k in range(units):
             unit_id = f"{ALL_MODE_UNIT_PREFIX}{k}"
-            devices.append(AdvertisedDevice(unit_id, HEALTHY))
+            devices.append(AdvertisedDevice(unit_id, HEALTHY, set_numa))
             unit_source[unit_id] = _WHOLE_SET
             unit_problem[unit_id] = ""
     else:
@@ -525,7 +529,7 @@ def build_snapshot(
         for index, record in enumerate(records):
             for k in range(per_device):
                 unit_id = f"{record.device_id}{REPLICA_SEPARATOR}{k}"
-                devices.append(AdvertisedDevice(unit_id, record.health))
+                devices.append(AdvertisedDevice(unit_id, record.health, record.numa_nodes))
                 unit_source[unit_id] = index
                 unit_problem[unit_id] = record.problem
     return DeviceSnapshot(
@@ -549,6 +553,19 @@ def build_snapshot(
     )
 
 
+def whole_set_numa_nodes(records: Sequence[DeviceRecord]) -> tuple[int, ...]:
+    """The NUMA node of an all-mode unit: one only when every device it grants sits on
+    that one node. A set spread over nodes (or with a device of unknown node) gets none,
+    so a topology manager with the single-numa-node policy does not refuse the pod for
+    a set no single node holds."""
+    nodes = {r.numa_nodes for r in records}
+    if len(nodes) == 1:
+        (only,) = nodes
+        if len(only) == 1:
+            return only
+    return ()
+
+
 def _record(candidate: Candidate) -> DeviceRecord:
     return DeviceRecord(
         device_id=device_id_for(candidate.host_path, candidate.identity),
@@ -560,6 +577,7 @@ def _record(candidate: Candidate) -> DeviceRecord:
         rdev=candidate.rdev,
         identity=candidate.identity,
         problem=candidate.problem,
+        numa_nodes=candidate.numa_nodes,
     )
 
 

@@ -148,6 +148,9 @@ class Candidate:
     # Why a present device is not fit for use ("device/state is offline", "size is 0",
     # "dm/suspended is 1", "no live multipath path"); "" when it is healthy.
     problem: str = ""
+    # The NUMA nodes sysfs attaches the device to (device/numa_node >= 0; a dm map's
+    # paths'); () when sysfs does not say.
+    numa_nodes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,28 @@ def sysfs_problem(entry: str, disk_entry: str) -> str:
             )
             return f"no live multipath path ({paths})"
     return ""
+
+
+def _numa_node_of(entry: str) -> int | None:
+    text = _read_text(os.path.join(entry, "device", "numa_node"))
+    try:
+        node = int(text) if text is not None else -1
+    except ValueError:
+        return None
+    return node if node >= 0 else None
+
+
+def sysfs_numa_nodes(entry: str, disk_entry: str) -> tuple[int, ...]:
+    """The NUMA nodes of a block device: its disk's ``device/numa_node`` (a partition's
+    is its disk's), or, for a dm map with none of its own, those of the paths under it.
+
+    -1 (no affinity) and a missing file say nothing, and give ()."""
+    own = _numa_node_of(disk_entry or entry)
+    if own is not None:
+        return (own,)
+    slaves_dir = os.path.join(entry, "slaves")
+    nodes = {_numa_node_of(os.path.join(slaves_dir, slave)) for slave in _list_dir(slaves_dir)}
+    return tuple(sorted(n for n in nodes if n is not None))
 
 
 def _inside(path: str, root: str) -> bool:
@@ -565,12 +590,14 @@ def scan(
         aliases = tuple(dict.fromkeys(n for n in (*one.names, *all_names) if n != item.host_path))
         verdict, rule, reason = _judge(config, one, aliases, host_use, claimed)
         identity = problem = ""
+        numa_nodes: tuple[int, ...] = ()
         if verdict == ADVERTISED:
             assert one.key is not None  # an advertised path is a device node
             claimed[one.key] = item.host_path
             if one.sysfs is not None:
                 identity = sysfs_identity(one.sysfs.entry)
                 problem = sysfs_problem(one.sysfs.entry, one.sysfs.disk_entry)
+                numa_nodes = sysfs_numa_nodes(one.sysfs.entry, one.sysfs.disk_entry)
         candidates.append(
             Candidate(
                 path=item.path,
@@ -584,6 +611,7 @@ def scan(
                 rdev=inspection.rdev,
                 identity=identity,
                 problem=problem,
+                numa_nodes=numa_nodes,
             )
         )
     return ScanResult(tuple(candidates))

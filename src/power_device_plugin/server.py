@@ -45,7 +45,16 @@ _ERROR_CODES = {
 def list_response(devices: Sequence[AdvertisedDevice]) -> pb.ListAndWatchResponse:
     """The whole advertised list, as ListAndWatch sends it."""
     return pb.ListAndWatchResponse(
-        devices=[pb.Device(ID=device.id, health=device.health) for device in devices]
+        devices=[
+            pb.Device(
+                ID=device.id,
+                health=device.health,
+                topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=n) for n in device.numa_nodes])
+                if device.numa_nodes
+                else None,
+            )
+            for device in devices
+        ]
     )
 
 

@@ -158,12 +158,13 @@ def test_scan_json_reports_devices_and_every_candidate_with_its_verdict(
     report = json.loads(out.getvalue())
     assert report["resource"] == "power-dev-plugin/dev"
     assert [d["health"] for d in report["devices"]] != []
-    assert set(report["devices"][0]) == {"id", "health"}
+    assert set(report["devices"][0]) == {"id", "health", "numa_nodes"}
     verdicts = {c["host_path"]: c["verdict"] for c in report["candidates"]}
     assert verdicts == {"/dev/sda": "advertised", "/dev/sdb": "refused", "/dev/sdc": "refused"}
     for candidate in report["candidates"]:
         assert set(candidate) == {
-            "path", "host_path", "verdict", "rule", "reason", "kind", "rdev", "identity", "problem"
+            "path", "host_path", "verdict", "rule", "reason", "kind", "rdev", "identity", "problem",
+            "numa_nodes",
         }  # fmt: skip
     assert report["candidates"][0]["path"] == str(dev / "sda")
     assert report["candidates"][0]["rdev"] == "8:0"
