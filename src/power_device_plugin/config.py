@@ -14,7 +14,6 @@ that names the file, the field and the reason.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable
@@ -260,6 +259,8 @@ def _unknown_key_warnings(doc: dict[str, Any], source: str) -> list[str]:
     for key in doc:
         if key in KNOWN_KEYS:
             continue
+        import difflib  # only here: an unknown key is rare, and difflib weighs ~1 MiB RSS
+
         close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         warnings.append(f"{source}: unknown key {key!r} ignored{hint}")

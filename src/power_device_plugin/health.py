@@ -14,6 +14,8 @@ beyond `MAX_CONNECTIONS` at once a connection gets a quick 503 and is closed.
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import socket
 import threading
 import time
@@ -27,8 +29,9 @@ from power_device_plugin.metrics import PluginMetrics
 log = logging.getLogger(__name__)
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# How often the idle HTTP loop wakes to see whether stop() was asked for.
-SHUTDOWN_POLL_SECONDS = 1.0
+# stop() wakes the idle HTTP loop at once (a byte on a pipe); this is only the safety
+# net, how often the loop looks at the stop flag on its own. Nothing else wakes it.
+SHUTDOWN_POLL_SECONDS = 5.0
 # A probe or a scrape is one short request; anything slower is a stuck or hostile client.
 CONNECTION_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 8
@@ -160,12 +163,11 @@ class HealthServer:
         handler = _handler_class(probes, metrics, timeout)
         server_class = _IPv6Server if ":" in address.host else _BoundedServer
         self._server = server_class((address.host, address.port), handler, max_connections)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
-            name="health-http",
-            daemon=True,
-        )
+        # handle_request() is called only once the socket is readable: never wait there.
+        self._server.timeout = 0
+        self._stopping = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="health-http", daemon=True)
 
     @property
     def port(self) -> int:
@@ -176,8 +178,29 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving, close the socket; returns once the serving thread has ended."""
+        if self._stopping.is_set():
+            return  # stopped already: the pipe's descriptors may belong to others by now
+        self._stopping.set()
+        os.write(self._wake_write, b"x")
+        if self._thread.is_alive():
+            self._thread.join()
         self._server.server_close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _serve(self) -> None:
+        # serve_forever() would wake every poll interval to look for shutdown(); this
+        # loop sleeps until a connection or stop()'s byte on the wake pipe arrives.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server.fileno(), selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                ready = selector.select(SHUTDOWN_POLL_SECONDS)
+                if self._stopping.is_set():
+                    break
+                if any(key.fd == self._server.fileno() for key, _ in ready):
+                    self._server.handle_request()
 
 
 def _handler_class(

@@ -15,7 +15,9 @@ Two guards, both pure apart from reading the roots they are given:
   (``/dev/sda2``, ``/dev/dm-3``, ``/dev/mapper/x``) is mapped to its device number
   through sysfs; a swap file lives on a mounted file system, already counted.
 - The whole stack carrying one of those is the host's too, by transitive closure
-  over sysfs relations (``<sys-root>/block``): a partition's disk, a disk's
+  over sysfs relations, walked from the used devices through
+  ``<sys-root>/dev/block/M:m`` (the whole ``<sys-root>/block`` listing only when
+  ``dev/block`` is absent): a partition's disk, a disk's
   partitions (a disk carrying a host file system is wholly the host's), the
   devices a dm/md device is built on (``slaves/``) and those built on top of it
   (``holders/``: LVM, multipath, dm-crypt), recursively, cycles ignored.
@@ -56,7 +58,7 @@ import fnmatch
 import os
 import posixpath
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,11 +269,129 @@ def kernel_name_for_path(graph: BlockGraph, host_path: str) -> str | None:
     return name if name in graph.rdev_of else None
 
 
+# --- sysfs walked from the used devices only -------------------------------------------
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _sysfs_dir_for_rdev(sys_root: str, rdev: DeviceNumber) -> str | None:
+    """The device's sysfs directory through the ``<sys-root>/dev/block/M:m`` link."""
+    target = os.path.realpath(os.path.join(sys_root, "dev", "block", f"{rdev[0]}:{rdev[1]}"))
+    return target if _is_dir(target) else None
+
+
+def _sysfs_dir_for_name(sys_root: str, name: str) -> str | None:
+    """A block device's sysfs directory by kernel name: ``class/block/<name>`` (every
+    disk and partition in a real sysfs), ``block/<name>`` (disks), else a partition
+    ``block/<disk>/<name>`` (fake trees without ``class/block``)."""
+    for candidate in (
+        os.path.join(sys_root, "class", "block", name),
+        os.path.join(sys_root, "block", name),
+    ):
+        target = os.path.realpath(candidate)
+        if _is_dir(target):
+            return target
+    block_dir = os.path.join(sys_root, "block")
+    for disk in _list_dir(block_dir):
+        entry = os.path.join(block_dir, disk, name)
+        if os.path.isfile(os.path.join(entry, "partition")):
+            return os.path.realpath(entry)
+    return None
+
+
+def _sysfs_dir_for_mapper_name(sys_root: str, mapper_name: str) -> str | None:
+    """The ``dm-N`` whose ``dm/name`` is ``mapper_name``; stops at the first match."""
+    block_dir = os.path.join(sys_root, "block")
+    for disk in _list_dir(block_dir):
+        if not disk.startswith("dm-"):
+            continue
+        entry = os.path.join(block_dir, disk)
+        if (_read_text(os.path.join(entry, "dm", "name")) or "").strip() == mapper_name:
+            return os.path.realpath(entry)
+    return None
+
+
+def _sysfs_dir_for_path(sys_root: str, host_path: str) -> str | None:
+    """``/dev/sda2``, ``/dev/cciss/c0d0``, ``/dev/mapper/x`` -> its sysfs directory."""
+    path = posixpath.normpath(host_path)
+    if path.startswith(_MAPPER_PREFIX):
+        return _sysfs_dir_for_mapper_name(sys_root, path[len(_MAPPER_PREFIX) :])
+    if not path.startswith(_DEV_PREFIX):
+        return None
+    return _sysfs_dir_for_name(sys_root, path[len(_DEV_PREFIX) :].replace("/", "!"))
+
+
+def _rdev_in(device_dir: str) -> DeviceNumber | None:
+    return parse_device_number(_read_text(os.path.join(device_dir, "dev")) or "")
+
+
+def walk_block_graph(sys_root: Path, start: Iterable[DeviceNumber]) -> BlockGraph:
+    """The part of the sysfs block graph connected to the ``start`` devices, found
+    through ``<sys-root>/dev/block/M:m`` and followed through partitions, a partition's
+    disk, ``slaves/`` and ``holders/``: the same relations as :func:`read_block_graph`,
+    without reading the devices the host does not use (thousands of SAN paths)."""
+    root = str(sys_root)
+    rdev_of: dict[str, DeviceNumber] = {}
+    edges: dict[str, list[tuple[str, str]]] = {}
+    pending: deque[str] = deque()
+    visited: set[str] = set()
+
+    def link(name: str, relation: str, neighbour: str) -> None:
+        edges.setdefault(name, []).append((relation, neighbour))
+
+    def reach(device_dir: str | None) -> None:
+        if device_dir is not None and device_dir not in visited:
+            visited.add(device_dir)
+            pending.append(device_dir)
+
+    def related_dir(entry: str, name: str) -> str | None:
+        # A real sysfs links slaves/ and holders/ entries to the device's directory.
+        target = os.path.realpath(entry)
+        if os.path.islink(entry) and _is_dir(target):
+            return target
+        return _sysfs_dir_for_name(root, name)
+
+    for used in sorted(set(start)):
+        reach(_sysfs_dir_for_rdev(root, used))
+    while pending:
+        device_dir = pending.popleft()
+        name = os.path.basename(device_dir)
+        device_number = _rdev_in(device_dir)
+        if device_number is not None:
+            rdev_of[name] = device_number
+        for slave in _list_dir(os.path.join(device_dir, "slaves")):
+            link(name, _UNDER, slave)  # name is built on slave
+            link(slave, _HOLDER_OF, name)
+            reach(related_dir(os.path.join(device_dir, "slaves", slave), slave))
+        for holder in _list_dir(os.path.join(device_dir, "holders")):
+            link(name, _HOLDER_OF, holder)  # holder is built on name
+            link(holder, _UNDER, name)
+            reach(related_dir(os.path.join(device_dir, "holders", holder), holder))
+        if os.path.isfile(os.path.join(device_dir, "partition")):
+            disk_dir = os.path.dirname(device_dir)
+            disk = os.path.basename(disk_dir)
+            link(disk, _PARTITION_OF, name)
+            link(name, _DISK_OF, disk)
+            reach(disk_dir)
+            continue
+        for child in _list_dir(device_dir):
+            part_dir = os.path.join(device_dir, child)
+            if os.path.isfile(os.path.join(part_dir, "partition")):
+                link(name, _PARTITION_OF, child)
+                link(child, _DISK_OF, name)
+                reach(part_dir)
+    name_of = {rdev: name for name, rdev in sorted(rdev_of.items(), reverse=True)}
+    frozen = {name: tuple(pairs) for name, pairs in edges.items()}
+    return BlockGraph(rdev_of, name_of, {}, frozen)
+
+
 # --- putting it together ---------------------------------------------------------------
 
 
 def _seed_reasons(
-    mounts: list[Mount], swaps: list[Swap], graph: BlockGraph
+    mounts: list[Mount], swaps: list[Swap], rdev_for_path: Callable[[str], DeviceNumber | None]
 ) -> tuple[dict[DeviceNumber, str], str]:
     """Directly used devices with their reasons, and an error for an unidentified swap."""
     mount_points: dict[DeviceNumber, str] = {}
@@ -287,19 +407,19 @@ def _seed_reasons(
             note(mount.rdev, mount.mount_point)
         elif mount.source.startswith(_DEV_PREFIX):
             # Anonymous device (btrfs): the source names the block device carrying it.
-            name = kernel_name_for_path(graph, mount.source)
-            if name is not None:
-                note(graph.rdev_of[name], mount.mount_point)
+            source_rdev = rdev_for_path(mount.source)
+            if source_rdev is not None:
+                note(source_rdev, mount.mount_point)
     seeds = {rdev: f"mounted at {point}" for rdev, point in mount_points.items()}
     unmapped: list[str] = []
     for swap in swaps:
         if not swap.is_partition:
             continue  # a swap file: its file system is mounted, so already counted
-        name = kernel_name_for_path(graph, swap.path)
-        if name is None:
+        swap_rdev = rdev_for_path(swap.path)
+        if swap_rdev is None:
             unmapped.append(swap.path)
             continue
-        seeds.setdefault(graph.rdev_of[name], f"active swap ({swap.path})")
+        seeds.setdefault(swap_rdev, f"active swap ({swap.path})")
     error = ""
     if unmapped:
         error = (
@@ -367,10 +487,26 @@ def read_host_use(proc_root: Path, sys_root: Path) -> HostUse:
     if not mounts:
         # Every Linux host mounts at least its root: an empty table is not the host's.
         return HostUse({}, f"host mount table has no mounts: {mountinfo_path}")
-    graph = read_block_graph(sys_root)
     swaps_text, swaps_problem = _read_table(os.path.join(proc, "swaps"))
     swaps = parse_swaps(swaps_text) if swaps_text is not None else []
-    seeds, swap_error = _seed_reasons(mounts, swaps, graph)
+    root = str(sys_root)
+    if _is_dir(os.path.join(root, "dev", "block")):
+        # Walk from the used devices only: a SAN node's thousands of paths are not read.
+        def rdev_for_path(host_path: str) -> DeviceNumber | None:
+            device_dir = _sysfs_dir_for_path(root, host_path)
+            return _rdev_in(device_dir) if device_dir is not None else None
+
+        seeds, swap_error = _seed_reasons(mounts, swaps, rdev_for_path)
+        graph = walk_block_graph(sys_root, seeds)
+    else:
+        # No dev/block (some fake trees): the whole graph, from the block/ listing.
+        graph = read_block_graph(sys_root)
+
+        def rdev_for_path(host_path: str) -> DeviceNumber | None:
+            name = kernel_name_for_path(graph, host_path)
+            return graph.rdev_of[name] if name is not None else None
+
+        seeds, swap_error = _seed_reasons(mounts, swaps, rdev_for_path)
     in_use = close_over_relations(seeds, graph)
     if swaps_text is None:
         return HostUse(in_use, "host swap table unreadable: " + swaps_problem)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from power_device_plugin import host_use
 from power_device_plugin.host_use import (
     HostUse,
     denied_char_device,
@@ -27,14 +28,24 @@ SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 
 
 class FakeTrees:
-    """A host's ``/proc`` (mountinfo, swaps) and ``/sys/block`` under a temporary directory."""
+    """A host's ``/proc`` (mountinfo, swaps) and ``/sys/block`` under a temporary directory,
+    with or without the ``/sys/dev/block/M:m`` links a real sysfs has."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, dev_block_links: bool = False) -> None:
         self.proc = root / "proc"
         self.sys = root / "sys"
         (self.proc / "1").mkdir(parents=True)
         (self.sys / "block").mkdir(parents=True)
+        self.dev_block_links = dev_block_links
+        if dev_block_links:
+            (self.sys / "dev" / "block").mkdir(parents=True)
         self.swaps("")
+
+    def _dev_block_link(self, dev: str, entry: Path) -> None:
+        if self.dev_block_links:
+            (self.sys / "dev" / "block" / dev).symlink_to(
+                os.path.relpath(entry, self.sys / "dev" / "block")
+            )
 
     def mountinfo(self, lines: str, pid: str = "1") -> None:
         (self.proc / pid).mkdir(exist_ok=True)
@@ -47,6 +58,7 @@ class FakeTrees:
         entry = self.sys / "block" / name
         entry.mkdir()
         (entry / "dev").write_text(dev + "\n")
+        self._dev_block_link(dev, entry)
         for sub in ("holders", "slaves"):
             (entry / sub).mkdir()
         for part, part_dev in (partitions or {}).items():
@@ -54,6 +66,7 @@ class FakeTrees:
             (entry / part / "partition").write_text("1\n")
             (entry / part / "dev").write_text(part_dev + "\n")
             (entry / part / "holders").mkdir()
+            self._dev_block_link(part_dev, entry / part)
 
     def dm(self, name: str, dev: str, mapper_name: str, slaves: tuple[str, ...] = ()) -> None:
         """A dm device built on ``slaves``, linked both ways as the kernel does
@@ -81,9 +94,10 @@ class FakeTrees:
         return read_host_use(self.proc, self.sys)
 
 
-@pytest.fixture
-def trees(tmp_path: Path) -> FakeTrees:
-    return FakeTrees(tmp_path)
+@pytest.fixture(params=[False, True], ids=["block-listing", "dev-block-walk"])
+def trees(tmp_path: Path, request: pytest.FixtureRequest) -> FakeTrees:
+    """Every guard test runs on both readings of sysfs: they must give the same answers."""
+    return FakeTrees(tmp_path, dev_block_links=request.param)
 
 
 def test_a_mounted_partition_marks_itself_its_disk_and_sibling_partitions(
@@ -217,6 +231,105 @@ def test_real_sysfs_symlinks_for_holders_and_slaves_are_read_by_name(trees: Fake
     (trees.sys / "block" / "dm-0" / "slaves" / "sda").symlink_to("../../sda")
     trees.mountinfo("27 1 253:0 / / rw - xfs /dev/dm-0 rw")
     assert trees.read().reason_for((8, 0)) == "under dm-0 (mounted at /)"
+
+
+def _real_sysfs_layout(sys_root: Path) -> None:
+    """Devices where a real sysfs keeps them (``devices/...``), reached through
+    ``dev/block``, ``block`` and ``class/block`` links, ``slaves/``/``holders/`` as links
+    to the devices' directories: sda (sda1, sda2) and sdb under multipath dm-0, and an
+    unrelated sdc."""
+    pci = sys_root / "devices" / "pci0000:00" / "host0"
+    virtual = sys_root / "devices" / "virtual" / "block"
+    for directory in (sys_root / "dev" / "block", sys_root / "block", sys_root / "class" / "block"):
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def device(directory: Path, dev: str, partition: bool = False) -> None:
+        for sub in ("holders", "slaves"):
+            (directory / sub).mkdir(parents=True)
+        (directory / "dev").write_text(dev + "\n")
+        if partition:
+            (directory / "partition").write_text("1\n")
+        for link_dir, name in (
+            (sys_root / "dev" / "block", dev),
+            (sys_root / "class" / "block", directory.name),
+        ):
+            (link_dir / name).symlink_to(os.path.relpath(directory, link_dir))
+        if not partition:
+            link_dir = sys_root / "block"
+            (link_dir / directory.name).symlink_to(os.path.relpath(directory, link_dir))
+
+    device(pci / "sda", "8:0")
+    device(pci / "sda" / "sda1", "8:1", partition=True)
+    device(pci / "sda" / "sda2", "8:2", partition=True)
+    device(pci / "sdb", "8:16")
+    device(pci / "sdc", "8:32")
+    device(virtual / "dm-0", "253:0")
+    (virtual / "dm-0" / "dm").mkdir()
+    (virtual / "dm-0" / "dm" / "name").write_text("mpatha\n")
+    for path in ("sda", "sdb"):
+        (virtual / "dm-0" / "slaves" / path).symlink_to(
+            os.path.relpath(pci / path, virtual / "dm-0" / "slaves")
+        )
+        (pci / path / "holders" / "dm-0").symlink_to(
+            os.path.relpath(virtual / "dm-0", pci / path / "holders")
+        )
+
+
+def test_the_walk_follows_a_real_sysfs_layout_from_a_mounted_partition(tmp_path: Path) -> None:
+    trees = FakeTrees(tmp_path)
+    _real_sysfs_layout(trees.sys)
+    trees.mountinfo("28 27 8:1 / /boot rw - xfs /dev/sda1 rw")
+    use = trees.read()
+    assert use.error == ""
+    assert use.in_use == {
+        (8, 1): "mounted at /boot",
+        (8, 0): "disk of sda1 (mounted at /boot)",
+        (8, 2): "partition of sda (sda1 mounted at /boot)",
+        (253, 0): "holder of sda (sda1 mounted at /boot)",
+        (8, 16): "under dm-0 (sda1 mounted at /boot)",
+    }
+
+
+def test_the_walk_maps_a_mapper_swap_and_a_btrfs_source_by_name(tmp_path: Path) -> None:
+    trees = FakeTrees(tmp_path)
+    _real_sysfs_layout(trees.sys)
+    trees.mountinfo("27 1 0:31 /@ / rw - btrfs /dev/sdc rw,subvol=/@")
+    trees.swaps("/dev/mapper/mpatha                      partition\t4194300\t\t0\t\t-2\n")
+    use = trees.read()
+    assert use.error == ""
+    assert use.reason_for((8, 32)) == "mounted at /"
+    assert use.reason_for((253, 0)) == "active swap (/dev/mapper/mpatha)"
+    assert use.reason_for((8, 1)) == "partition of sda (dm-0 active swap (/dev/mapper/mpatha))"
+
+
+def test_the_walk_reads_only_the_stack_of_used_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trees = FakeTrees(tmp_path, dev_block_links=True)
+    trees.disk("sda", "8:0", {"sda1": "8:1"})
+    trees.disk("sdb", "8:16")
+    trees.dm("dm-0", "253:0", "mpatha", slaves=("sda",))
+    for index in range(20):  # the SAN paths and maps the host does not use
+        trees.disk(f"sdz{index}", f"65:{index * 16}")
+        trees.dm(f"dm-{index + 10}", f"253:{index + 10}", f"other{index}", slaves=(f"sdz{index}",))
+    trees.mountinfo(ROOT_FS)
+    touched: list[str] = []
+    real_list_dir, real_read_text = host_use._list_dir, host_use._read_text
+
+    def listing(path: str) -> list[str]:
+        touched.append(path)
+        return real_list_dir(path)
+
+    def reading(path: str) -> str | None:
+        touched.append(path)
+        return real_read_text(path)
+
+    monkeypatch.setattr(host_use, "_list_dir", listing)
+    monkeypatch.setattr(host_use, "_read_text", reading)
+    use = trees.read()
+    assert set(use.in_use) == {(8, 1), (8, 0), (253, 0)}
+    read_devices = {Path(path).relative_to(trees.sys / "block").parts[0] for path in touched}
+    assert read_devices == {"sda", "dm-0"}
 
 
 def test_missing_mountinfo_fails_closed_for_every_device(trees: FakeTrees) -> None:
