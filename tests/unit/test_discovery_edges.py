@@ -520,6 +520,7 @@ def _rich_node(host: FakeHost, number_links: bool) -> None:
     host.sysfs("dm-1/dm/suspended", "1")
     host.link("/dev/disk/by-id/wwn-a", "../../sda")
     host.block_node("/dev/lun-b", host.number_of("/dev/sdb"))
+    host.block_node("/dev/lun-n", host.number_of("/dev/nvme0n1"))
     if number_links:
         links = host.sys / "dev" / "block"
         links.mkdir(parents=True)
@@ -610,11 +611,14 @@ def test_the_lean_scan_lists_sysfs_at_most_once_and_only_when_needed(
     assert listings == []
     assert by_host_path(lean)["/dev/dm-0"].aliases == ("/dev/mapper/mpatha",)
     # Nodes under other names need the listing, made once for the whole scan.
-    other = config_of(include_devices=["/dev/lun-b", "/dev/disk/by-id/*", "/dev/mapper/*"])
+    other = config_of(
+        include_devices=["/dev/lun-b", "/dev/lun-n", "/dev/disk/by-id/*", "/dev/mapper/*"]
+    )
     lean = scan(other, host.dev, host.sys, NOT_USED, explain_unmatched=False)
     assert listings == [host.sys]
     found = by_host_path(lean)
     assert found["/dev/lun-b"].numa_nodes == (0,)
+    assert found["/dev/lun-n"].identity == "wwid:eui.n"
     assert found["/dev/disk/by-id/wwn-a"].identity == "wwid:naa.a"
     assert found["/dev/mapper/mpatha"].identity == "dm-uuid:mpath-a"
 
@@ -636,4 +640,101 @@ def test_a_node_whose_number_sysfs_does_not_know_has_no_sysfs_facts(host: FakeHo
         assert [(c.host_path, c.aliases, c.identity) for c in advertised] == [
             ("/dev/sda9", (), ""),
             ("/dev/sdb", (), ""),
+        ]
+
+
+# --- order and dev-root names -----------------------------------------------------------------
+
+
+def test_glob_matches_are_judged_in_name_order(host: FakeHost) -> None:
+    host.block_node("/dev/xq", (8, 50))
+    for name in ("xd", "xz", "xa", "xm"):
+        host.link(f"/dev/{name}", "xq")
+    result = scan(config_of(include_devices=["/dev/x*"]), host.dev, host.sys, NOT_USED)
+    assert [(c.host_path, c.verdict, c.reason) for c in result.candidates] == [
+        ("/dev/xa", ADVERTISED, "block device node"),
+        ("/dev/xd", EXCLUDED, "same device as /dev/xa"),
+        ("/dev/xm", EXCLUDED, "same device as /dev/xa"),
+        ("/dev/xq", EXCLUDED, "same device as /dev/xa"),
+        ("/dev/xz", EXCLUDED, "same device as /dev/xa"),
+    ]
+
+
+def test_candidates_come_as_includes_then_sysfs_then_nx_gzip(host: FakeHost) -> None:
+    host.disk("sdb")
+    host.disk("sda")
+    host.char_node("/dev/crypto/nx-gzip")
+    host.char_node("/dev/accel/0")
+    plain = scan(config_of(nx_gzip=True), host.dev, host.sys, NOT_USED)
+    assert [c.host_path for c in plain.candidates] == [
+        "/dev/sda",
+        "/dev/sdb",
+        "/dev/crypto/nx-gzip",
+    ]
+    with_includes = scan(
+        config_of(nx_gzip=True, include_devices=["/dev/accel/0", "/dev/sdb"]),
+        host.dev,
+        host.sys,
+        NOT_USED,
+    )
+    assert [(c.host_path, c.verdict) for c in with_includes.candidates] == [
+        ("/dev/accel/0", ADVERTISED),
+        ("/dev/sdb", ADVERTISED),
+        ("/dev/sda", EXCLUDED),
+        ("/dev/crypto/nx-gzip", ADVERTISED),
+    ]
+
+
+def test_a_glob_that_matches_nothing_adds_no_candidate(host: FakeHost) -> None:
+    host.block_node("/dev/sda")
+    result = scan(
+        config_of(include_devices=["/dev/nvme*", "/dev/sd?"]), host.dev, host.sys, NOT_USED
+    )
+    assert [c.host_path for c in result.candidates] == ["/dev/sda"]
+
+
+@pytest.mark.parametrize("dev_name", ["de[v]", "dev*", "dev?"])
+def test_a_dev_root_whose_name_looks_like_a_glob_is_taken_literally(
+    tmp_path: Path, dev_name: str
+) -> None:
+    from tests.unit.conftest import needs_root
+
+    needs_root()
+    host = FakeHost(tmp_path, dev_name=dev_name)
+    (tmp_path / "host" / "dev").mkdir(exist_ok=True)
+    os.mknod(tmp_path / "host" / "dev" / "sdz", 0o60660, os.makedev(8, 97))
+    host.block_node("/dev/sda", (8, 96))
+    result = scan(config_of(include_devices=["/dev/sd*"]), host.dev, host.sys, NOT_USED)
+    assert [(c.host_path, c.path, c.verdict) for c in result.candidates] == [
+        ("/dev/sda", str(host.dev / "sda"), ADVERTISED)
+    ]
+
+
+def test_the_lean_scan_finds_a_slashed_kernel_name_through_its_number_link(
+    host: FakeHost,
+) -> None:
+    entry = host.sys / "block" / "cciss!c0d0"
+    (entry / "device").mkdir(parents=True)
+    (entry / "dev").write_text("104:0\n")
+    (entry / "device" / "wwid").write_text("cciss.0\n")
+    (entry / "device" / "numa_node").write_text("2\n")
+    (entry / "cciss!c0d0p1").mkdir()
+    (entry / "cciss!c0d0p1" / "dev").write_text("104:1\n")
+    (entry / "cciss!c0d0p1" / "partition").write_text("1\n")
+    links = host.sys / "dev" / "block"
+    links.mkdir(parents=True)
+    (links / "104:0").symlink_to("../../block/cciss!c0d0")
+    (links / "104:1").symlink_to("../../block/cciss!c0d0/cciss!c0d0p1")
+    host.block_node("/dev/cciss/c0d0", (104, 0))
+    host.block_node("/dev/cciss/c0d0p1", (104, 1))
+    host.block_node("/dev/array0", (104, 0))
+    host.block_node("/dev/array0p1", (104, 1))
+    config = config_of(include_devices=["/dev/array0*"])
+    for explain in (True, False):
+        result = scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=explain)
+        assert [
+            (c.host_path, c.aliases, c.identity, c.numa_nodes) for c in result.advertised()
+        ] == [
+            ("/dev/array0", ("/dev/cciss/c0d0",), "wwid:cciss.0", (2,)),
+            ("/dev/array0p1", ("/dev/cciss/c0d0p1",), "", (2,)),
         ]
