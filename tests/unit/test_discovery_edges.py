@@ -738,3 +738,48 @@ def test_the_lean_scan_finds_a_slashed_kernel_name_through_its_number_link(
             ("/dev/array0", ("/dev/cciss/c0d0",), "wwid:cciss.0", (2,)),
             ("/dev/array0p1", ("/dev/cciss/c0d0p1",), "", (2,)),
         ]
+
+
+def test_the_lean_scan_finds_nodes_under_other_names_by_their_number_links(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import discovery
+
+    _rich_node(host, number_links=True)
+
+    def listing(*args: object) -> object:
+        raise AssertionError("<sys>/block was listed")
+
+    monkeypatch.setattr(discovery, "sysfs_block_devices", listing)
+    config = config_of(include_devices=["/dev/lun-b", "/dev/lun-n", "/dev/disk/by-id/*"])
+    found = by_host_path(scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False))
+    assert [(c.host_path, c.aliases, c.identity, c.numa_nodes) for c in found.values()] == [
+        ("/dev/lun-b", ("/dev/sdb",), "", (0,)),
+        ("/dev/lun-n", ("/dev/nvme0n1",), "wwid:eui.n", ()),
+        ("/dev/disk/by-id/wwn-a", ("/dev/sda",), "wwid:naa.a", (1,)),
+    ]
+
+
+def test_the_lean_scan_finds_a_slashed_kernel_name_by_the_name_a_link_reaches(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import discovery
+
+    entry = host.sys / "block" / "cciss!c0d0"
+    (entry / "device").mkdir(parents=True)
+    (entry / "dev").write_text("104:0\n")
+    (entry / "device" / "wwid").write_text("cciss.0\n")
+    host.block_node("/dev/cciss/c0d0", (104, 0))
+    host.link("/dev/array0", "cciss/c0d0")
+
+    def listing(*args: object) -> object:
+        raise AssertionError("<sys>/block was listed")
+
+    monkeypatch.setattr(discovery, "sysfs_block_devices", listing)
+    config = config_of(include_devices=["/dev/array0"])
+    (array,) = scan(config, host.dev, host.sys, NOT_USED, explain_unmatched=False).candidates
+    assert (array.verdict, array.aliases, array.identity) == (
+        ADVERTISED,
+        ("/dev/cciss/c0d0",),
+        "wwid:cciss.0",
+    )
