@@ -783,3 +783,37 @@ def test_the_lean_scan_finds_a_slashed_kernel_name_by_the_name_a_link_reaches(
         ("/dev/cciss/c0d0",),
         "wwid:cciss.0",
     )
+
+
+def test_a_refused_path_carries_only_the_names_sysfs_gave_it(host: FakeHost) -> None:
+    host.disk("sdz", node=False)
+    host.dm("dm-3", "gone")
+    host.remove("/dev/dm-3")
+    found = by_host_path(scan(config_of(), host.dev, host.sys, NOT_USED))
+    assert [
+        (c.host_path, c.verdict, c.reason, c.aliases, c.kind, c.rdev) for c in found.values()
+    ] == [
+        ("/dev/dm-3", REFUSED, "does not exist", ("/dev/mapper/gone",), "", None),
+        ("/dev/sdz", REFUSED, "does not exist", (), "", None),
+    ]
+
+
+def test_a_character_node_sharing_a_disks_number_gets_none_of_the_disks_facts(
+    host: FakeHost,
+) -> None:
+    host.disk("sda")
+    host.sysfs("sda/device/wwid", "naa.a")
+    host.sysfs("sda/device/state", "offline")
+    host.sysfs("sda/device/numa_node", "1")
+    host.char_node("/dev/chr0", host.number_of("/dev/sda"))
+    for explain in (True, False):
+        result = scan(
+            config_of(include_devices=["/dev/chr0"]),
+            host.dev,
+            host.sys,
+            NOT_USED,
+            explain_unmatched=explain,
+        )
+        (chr0,) = result.advertised()
+        assert (chr0.host_path, chr0.kind, chr0.aliases) == ("/dev/chr0", "char", ())
+        assert (chr0.identity, chr0.problem, chr0.numa_nodes) == ("", "", ())
