@@ -817,3 +817,16 @@ def test_a_character_node_sharing_a_disks_number_gets_none_of_the_disks_facts(
         (chr0,) = result.advertised()
         assert (chr0.host_path, chr0.kind, chr0.aliases) == ("/dev/chr0", "char", ())
         assert (chr0.identity, chr0.problem, chr0.numa_nodes) == ("", "", ())
+
+
+def test_an_unmatched_dm_device_without_a_node_is_reported_with_its_mapper_name(
+    host: FakeHost,
+) -> None:
+    host.disk("sda")
+    host.dm("dm-3", "gone")
+    host.remove("/dev/dm-3")
+    found = by_host_path(
+        scan(config_of(include_devices=["/dev/sda"]), host.dev, host.sys, NOT_USED)
+    )
+    dm = found["/dev/dm-3"]
+    assert (dm.verdict, dm.rule, dm.aliases) == (EXCLUDED, "include-devices", ("/dev/mapper/gone",))
