@@ -830,3 +830,18 @@ def test_an_unmatched_dm_device_without_a_node_is_reported_with_its_mapper_name(
     )
     dm = found["/dev/dm-3"]
     assert (dm.verdict, dm.rule, dm.aliases) == (EXCLUDED, "include-devices", ("/dev/mapper/gone",))
+
+
+def test_sysfs_text_that_is_not_utf8_is_read_with_replacement_characters(host: FakeHost) -> None:
+    host.disk("sda")
+    (host.sys / "block" / "sda" / "device").mkdir()
+    (host.sys / "block" / "sda" / "device" / "wwid").write_bytes(b"naa.\xff01  \n")
+    assert only(config_of(), host).identity == "wwid:naa.\ufffd01"
+
+
+def test_a_dm_device_with_an_empty_name_has_no_mapper_alias(host: FakeHost) -> None:
+    host.dm("dm-0", "x")
+    (host.sys / "block" / "dm-0" / "dm" / "name").write_text("\n")
+    host.remove("/dev/mapper/x")
+    dm = only(config_of(), host)
+    assert (dm.host_path, dm.aliases, dm.verdict) == ("/dev/dm-0", (), ADVERTISED)
