@@ -611,8 +611,17 @@ def test_the_lean_scan_lists_sysfs_at_most_once_and_only_when_needed(
     assert listings == []
     assert by_host_path(lean)["/dev/dm-0"].aliases == ("/dev/mapper/mpatha",)
     # Nodes under other names need the listing, made once for the whole scan.
+    host.block_node("/dev/stray0", (8, 200))
+    host.block_node("/dev/stray1", (8, 201))
     other = config_of(
-        include_devices=["/dev/lun-b", "/dev/lun-n", "/dev/disk/by-id/*", "/dev/mapper/*"]
+        include_devices=[
+            "/dev/stray0",
+            "/dev/lun-b",
+            "/dev/lun-n",
+            "/dev/disk/by-id/*",
+            "/dev/mapper/*",
+            "/dev/stray1",
+        ]
     )
     lean = scan(other, host.dev, host.sys, NOT_USED, explain_unmatched=False)
     assert listings == [host.sys]
@@ -845,3 +854,19 @@ def test_a_dm_device_with_an_empty_name_has_no_mapper_alias(host: FakeHost) -> N
     host.remove("/dev/mapper/x")
     dm = only(config_of(), host)
     assert (dm.host_path, dm.aliases, dm.verdict) == ("/dev/dm-0", (), ADVERTISED)
+
+
+def test_the_deny_list_pre_check_built_afresh_never_changes_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from power_device_plugin import discovery
+    from power_device_plugin.host_use import DENY_LIST, denied_reason
+
+    monkeypatch.setattr(discovery, "_DENY_SKETCHES", discovery._deny_sketches())
+    names = {"/dev/sda", "/dev/dm-0", "/dev/mapper/mpatha", "/dev/accel/0", "/dev/x/y/z"}
+    for pattern, _why in DENY_LIST:
+        for fill in ("", "0", "ab"):
+            names |= {pattern.replace("*", fill), pattern.replace("*", fill) + "9"}
+    denied = {n for n in names if denied_reason(n) is not None}
+    assert len(denied) > len(DENY_LIST)
+    assert {n: discovery._denied_reason(n) for n in names} == {n: denied_reason(n) for n in names}
