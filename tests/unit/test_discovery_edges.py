@@ -870,3 +870,35 @@ def test_the_deny_list_pre_check_built_afresh_never_changes_the_answer(
     denied = {n for n in names if denied_reason(n) is not None}
     assert len(denied) > len(DENY_LIST)
     assert {n: discovery._denied_reason(n) for n in names} == {n: denied_reason(n) for n in names}
+
+
+def test_the_full_scan_lists_sysfs_once_even_for_numbers_it_does_not_know(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from power_device_plugin import discovery
+
+    host.disk("sda")
+    host.block_node("/dev/stray0", (8, 200))
+    host.block_node("/dev/stray1", (8, 201))
+    real_listing = discovery.sysfs_block_devices
+    listings: list[Path] = []
+
+    def counted(sys_root: Path) -> object:
+        listings.append(sys_root)
+        return real_listing(sys_root)
+
+    monkeypatch.setattr(discovery, "sysfs_block_devices", counted)
+    config = config_of(include_devices=["/dev/stray*", "/dev/sda"])
+    result = scan(config, host.dev, host.sys, NOT_USED)
+    assert listings == [host.sys]
+    assert [c.host_path for c in result.advertised()] == ["/dev/stray0", "/dev/stray1", "/dev/sda"]
+
+
+def test_a_dev_root_of_slash_maps_host_paths_onto_the_root(host: FakeHost) -> None:
+    # /tmp exists on every test machine: a directory, so refused, but found and inside.
+    config = config_of(include_devices=["/dev/tm[p]", "/dev/tmp"])
+    result = scan(config, Path("/"), host.sys, NOT_USED)
+    assert [(c.host_path, c.path, c.verdict, c.reason) for c in result.candidates] == [
+        ("/dev/tmp", "/tmp", REFUSED, "not a device node (directory)"),
+        ("/dev/tmp", "/tmp", REFUSED, "not a device node (directory)"),
+    ]
