@@ -702,7 +702,7 @@ def test_a_glob_that_matches_nothing_adds_no_candidate(host: FakeHost) -> None:
     assert [c.host_path for c in result.candidates] == ["/dev/sda"]
 
 
-@pytest.mark.parametrize("dev_name", ["de[v]", "dev*", "dev?"])
+@pytest.mark.parametrize("dev_name", ["de[v]", "dev*", "dev?", "devX"])
 def test_a_dev_root_whose_name_looks_like_a_glob_is_taken_literally(
     tmp_path: Path, dev_name: str
 ) -> None:
@@ -896,9 +896,10 @@ def test_the_full_scan_lists_sysfs_once_even_for_numbers_it_does_not_know(
 
 def test_a_dev_root_of_slash_maps_host_paths_onto_the_root(host: FakeHost) -> None:
     # /tmp exists on every test machine: a directory, so refused, but found and inside.
-    config = config_of(include_devices=["/dev/tm[p]", "/dev/tmp"])
+    config = config_of(include_devices=["/dev/tm[p]", "/dev/tmp", "/dev/no-such-node-9z"])
     result = scan(config, Path("/"), host.sys, NOT_USED)
     assert [(c.host_path, c.path, c.verdict, c.reason) for c in result.candidates] == [
         ("/dev/tmp", "/tmp", REFUSED, "not a device node (directory)"),
         ("/dev/tmp", "/tmp", REFUSED, "not a device node (directory)"),
+        ("/dev/no-such-node-9z", "/no-such-node-9z", REFUSED, "does not exist"),
     ]
