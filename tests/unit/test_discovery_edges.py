@@ -713,9 +713,12 @@ def test_a_dev_root_whose_name_looks_like_a_glob_is_taken_literally(
     (tmp_path / "host" / "dev").mkdir(exist_ok=True)
     os.mknod(tmp_path / "host" / "dev" / "sdz", 0o60660, os.makedev(8, 97))
     host.block_node("/dev/sda", (8, 96))
-    result = scan(config_of(include_devices=["/dev/sd*"]), host.dev, host.sys, NOT_USED)
+    result = scan(
+        config_of(include_devices=["/dev/sd*", "/dev/nvme9"]), host.dev, host.sys, NOT_USED
+    )
     assert [(c.host_path, c.path, c.verdict) for c in result.candidates] == [
-        ("/dev/sda", str(host.dev / "sda"), ADVERTISED)
+        ("/dev/sda", str(host.dev / "sda"), ADVERTISED),
+        ("/dev/nvme9", str(host.dev / "nvme9"), REFUSED),
     ]
 
 
