@@ -76,7 +76,7 @@ MODULES: tuple[Target, ...] = (
             "tests/unit/test_grant_cdi.py",
         ),
     ),
-    Target("discovery", ("tests/unit/test_discovery.py",)),
+    Target("discovery", ("tests/unit/test_discovery.py", "tests/unit/test_discovery_edges.py")),
     Target("cdi", ("tests/unit/test_cdi.py", "tests/unit/test_grant_cdi.py")),
     Target("host_use", ("tests/unit/test_host_use.py",)),
 )
