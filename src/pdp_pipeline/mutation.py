@@ -430,6 +430,10 @@ def all_met(scores: Sequence[ModuleScore]) -> bool:
     return all(s.goal_met for s in scores)
 
 
+# mutmut's record of which tests cover which functions (relative to the project root).
+STATS_FILE = Path("mutants") / "mutmut-stats.json"
+
+
 def main(
     root: Path,
     modules: str,
@@ -453,6 +457,10 @@ def main(
         print("mutation: setup.cfg is out of step: " + "; ".join(problems), flush=True)
         return 2
     if not report_only:
+        # mutmut keeps its map of which tests reach which function from the last run and
+        # does not extend it for tests added since: a new test would never meet the
+        # mutants it was written for. Dropping the map makes mutmut collect it anew.
+        (root / STATS_FILE).unlink(missing_ok=True)
         status = run(mutmut_command(targets, max_children))
         if status != 0:
             # Results in mutants/ may be from an earlier run: score nothing.

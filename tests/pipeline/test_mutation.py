@@ -253,3 +253,19 @@ def test_main_without_results_says_to_run_mutmut(
     (tmp_path / "setup.cfg").write_text((ROOT / "setup.cfg").read_text())
     assert mutation.main(tmp_path, "config", lambda c: 0, report_only=True) == 2
     assert "no mutmut results" in capsys.readouterr().out
+
+
+def test_main_drops_mutmuts_test_map_before_a_run_but_not_for_a_report(tmp_path: Path) -> None:
+    _mutants_tree(tmp_path)
+    stats = tmp_path / mutation.STATS_FILE
+    stats.write_text("{}")
+    seen: list[bool] = []
+
+    def run(command: list[str]) -> int:
+        seen.append(stats.exists())
+        return 0
+
+    assert mutation.main(tmp_path, "config", run, report_only=True) == 0
+    assert stats.exists() and seen == []
+    assert mutation.main(tmp_path, "config", run) == 0
+    assert seen == [False]
