@@ -445,12 +445,15 @@ def _unique(paths: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def grant_env(container_paths: Sequence[str]) -> dict[str, str]:
-    """The grant as an environment variable: ``{"PDP_DEVICES": "/dev/dm-0,/dev/dm-3"}``.
+def grant_value(container_paths: Sequence[str]) -> str:
+    """What the env variable and the annotation hold: the paths in the order given, each
+    once, comma-separated (``/dev/dm-0,/dev/dm-3``)."""
+    return ",".join(_unique(container_paths))
 
-    Paths in the order given, each once.
-    """
-    return {GRANT_ENV: ",".join(_unique(container_paths))}
+
+def grant_env(container_paths: Sequence[str]) -> dict[str, str]:
+    """The grant as an environment variable: ``{"PDP_DEVICES": "/dev/dm-0,/dev/dm-3"}``."""
+    return {GRANT_ENV: grant_value(container_paths)}
 
 
 def grant_annotation_key(resource: str) -> str:
@@ -471,4 +474,4 @@ def grant_annotation_key(resource: str) -> str:
 
 def grant_annotations(container_paths: Sequence[str], resource: str) -> dict[str, str]:
     """The grant as an annotation: ``{"power-dev-plugin.ibm.com/dev-devices": "/dev/dm-0,..."}``."""
-    return {grant_annotation_key(resource): ",".join(_unique(container_paths))}
+    return {grant_annotation_key(resource): grant_value(container_paths)}

@@ -432,9 +432,10 @@ def cdi_spec_writer(directory: Path, kind: str) -> Callable[[DeviceSnapshot], No
     (with ``cdi: off`` there is no CDI device, and the file is removed)."""
 
     def write(snapshot: DeviceSnapshot) -> None:
-        written = cdi.keep_spec(directory, kind, snapshot.cdi_spec_devices(), snapshot.device_owner)
+        devices = snapshot.cdi_spec_devices()
+        written = cdi.keep_spec(directory, kind, devices, snapshot.device_owner)
         if written is not None:
-            log.debug("CDI spec %s holds %d devices", written, len(snapshot.cdi_spec_devices()))
+            log.debug("CDI spec %s holds %d devices", written, len(devices))
 
     return write
 

@@ -215,12 +215,11 @@ def _grant(
         if style.cdi_mode != cdi.CDI_OFF
         else ()
     )
+    value = cdi.grant_value(paths)
     return ContainerGrant(
         devices=tuple(DeviceSpecGrant(p, p, style.permissions) for p in specs),
-        envs=cdi.grant_env(paths) if paths else {},
-        annotations={style.annotation_key: ",".join(dict.fromkeys(paths))}
-        if paths and style.annotation_key
-        else {},
+        envs={cdi.GRANT_ENV: value} if paths else {},
+        annotations={style.annotation_key: value} if paths and style.annotation_key else {},
         cdi_devices=qualified,
     )
 
