@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,26 @@ CONCURRENT_THREADS = 8
 CONCURRENT_PER_THREAD = 125
 # After the first list: the plugin's idle rounds come every 5 s.
 SETTLE_SECONDS = 5.5
+
+
+def byte_compiled_copy(source: Path, dest: Path, compile_argv: list[str], inside: str) -> Path:
+    """A copy of the plugin package with its bytecode, compiled by the interpreter that
+    will run it (`compile_argv`, seeing `dest` as `inside`): what an installed package
+    and the image have. Run from the tree as it is, with PYTHONDONTWRITEBYTECODE set
+    (scripts/in-venv), every start would compile each module again and be measured
+    doing so."""
+    shutil.copytree(
+        source / "power_device_plugin",
+        dest / "power_device_plugin",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    subprocess.run(
+        [*compile_argv, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", inside],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
 
 # The issue's goals: (figure, comparison, bound). "<=" unless said otherwise.
 GOALS: dict[str, dict[str, float]] = {
@@ -188,18 +209,37 @@ class Plugin:
         self.container: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
+        self._source: Path | None = None
+
+    def source(self) -> Path:
+        """This tree's src/ (or PDP_BENCH_SRC), byte-compiled for the runtime that runs it."""
+        if self._source is None:
+            source = Path(os.environ.get("PDP_BENCH_SRC", ROOT / "src"))
+            dest = self.node.root / "src"
+            if self.settings.image:
+                compile_argv = [
+                    "docker", "run", "--rm", "--network", "none",
+                    "-v", f"{dest}:/bench/src", "--entrypoint", "python3", self.settings.image,
+                ]  # fmt: skip
+                self._source = byte_compiled_copy(source, dest, compile_argv, "/bench/src")
+            else:
+                self._source = byte_compiled_copy(source, dest, [self.settings.python], str(dest))
+        return self._source
 
     @property
     def socket_path(self) -> Path:
         return self.node.plugin_dir / SOCKET_NAME
 
     def _local_command(self) -> list[str]:
-        environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        environment = {**os.environ, "PYTHONPATH": str(self.source())}
         base = [self.settings.python, "-m", "power_device_plugin", "serve"]
         help_text = subprocess.run(
             [*base, "--help"], capture_output=True, text=True, env=environment, check=False
         ).stdout
         extra = [f"--host-proc={self.node.proc}"] if supports_host_proc(help_text) else []
+        if "--cdi-dir" in help_text:
+            # The CDI spec is written as on a node, into the bench's own directory.
+            extra.append(f"--cdi-dir={self.node.root / 'cdi'}")
         return [
             *base,
             f"--plugin-dir={self.node.plugin_dir}",
@@ -234,12 +274,14 @@ class Plugin:
             "-v", f"{node.dev}:/host/dev:ro",
             "-v", f"{node.sys}:/host/sys:ro",
             "-v", f"{node.config_dir}:/etc/power-device-plugin:ro",
+            # The DaemonSet's read-write CDI spec directory: the spec is written at start.
+            "-v", f"{node.root / 'cdi'}:/var/run/cdi",
         ]  # fmt: skip
         if self.settings.image_src:
             import inotify_simple  # the dev venv has it: a single pure-Python file
 
             command += [
-                "-v", f"{os.environ.get('PDP_BENCH_SRC', ROOT / 'src')}:/bench/src:ro",
+                "-v", f"{self.source()}:/bench/src:ro",
                 "-v", f"{inotify_simple.__file__}:/bench/deps/inotify_simple.py:ro",
                 "-e", "PYTHONPATH=/bench/src:/bench/deps:/opt/power-device-plugin/site-packages",
             ]  # fmt: skip
@@ -275,7 +317,7 @@ class Plugin:
             ).stdout.strip()
             return started
         environment = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
-        environment["PYTHONPATH"] = str(ROOT / "src")
+        environment["PYTHONPATH"] = str(self.source())
         environment.update(dict(self.settings.plugin_env))
         with self.log_path.open("wb") as log_file:
             started = time.monotonic()

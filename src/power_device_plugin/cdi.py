@@ -301,6 +301,37 @@ def _device_node(node: CdiNode, owner: DeviceOwner | None, where: str) -> dict[s
     return entry
 
 
+def _validated_devices(
+    kind: str, devices: Sequence[CdiDevice], owner: DeviceOwner | None
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each device's name and node entries, after every check :func:`build_spec` names.
+
+    One entry per distinct node: all mode's ``all`` device repeats every device's node,
+    and the entries are only read (rendered), never changed."""
+    validate_kind(kind)
+    if not devices:
+        raise ValueError(f"CDI spec {kind!r}: no devices; a CDI spec must list at least one")
+    seen: set[str] = set()
+    validated: list[tuple[str, list[dict[str, Any]]]] = []
+    rendered: dict[CdiNode, dict[str, Any]] = {}
+    for device in devices:
+        _validate_device_name(device.name)
+        if device.name in seen:
+            raise ValueError(f"CDI spec {kind!r}: device {device.name!r} is listed twice")
+        seen.add(device.name)
+        if not device.nodes:
+            raise ValueError(f"CDI device {device.name!r} has no device nodes")
+        nodes = []
+        for i, node in enumerate(device.nodes):
+            entry = rendered.get(node)
+            if entry is None:
+                entry = _device_node(node, owner, f"CDI device {device.name!r} node {i}")
+                rendered[node] = entry
+            nodes.append(entry)
+        validated.append((device.name, nodes))
+    return validated
+
+
 def build_spec(
     kind: str, devices: Sequence[CdiDevice], owner: DeviceOwner | None
 ) -> dict[str, Any]:
@@ -312,29 +343,54 @@ def build_spec(
     names: an empty ``devices`` or a repeated name raises ValueError (with no
     units, remove the spec instead; see :func:`keep_spec`).
     """
-    validate_kind(kind)
-    if not devices:
-        raise ValueError(f"CDI spec {kind!r}: no devices; a CDI spec must list at least one")
-    seen: set[str] = set()
-    entries: list[dict[str, Any]] = []
-    for device in devices:
-        _validate_device_name(device.name)
-        if device.name in seen:
-            raise ValueError(f"CDI spec {kind!r}: device {device.name!r} is listed twice")
-        seen.add(device.name)
-        if not device.nodes:
-            raise ValueError(f"CDI device {device.name!r} has no device nodes")
-        nodes = [
-            _device_node(node, owner, f"CDI device {device.name!r} node {i}")
-            for i, node in enumerate(device.nodes)
-        ]
-        entries.append({"name": device.name, "containerEdits": {"deviceNodes": nodes}})
+    entries = [
+        {"name": name, "containerEdits": {"deviceNodes": nodes}}
+        for name, nodes in _validated_devices(kind, devices, owner)
+    ]
     return {"cdiVersion": cdi_version_for(kind), "kind": kind, "devices": entries}
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_content(kind: str, devices: Sequence[CdiDevice], owner: DeviceOwner | None) -> bytes:
+    """``render_spec(build_spec(kind, devices, owner))``, the same bytes, with less memory.
+
+    Each distinct node is encoded once and its text reused (all mode's ``all`` device
+    repeats all of them), and each device is joined from those texts: the encoder
+    never holds the whole spec's tokens at once (~3 MiB of short-lived strings for
+    1000 devices in all mode, which the heap kept as RSS). The keys are written in
+    sorted order, as ``render_spec`` sorts them."""
+    encoded: dict[int, str] = {}  # id() of a node entry (alive in ``validated``) -> text
+    parts = []
+    for name, nodes in _validated_devices(kind, devices, owner):
+        texts = []
+        for node in nodes:
+            text = encoded.get(id(node))
+            if text is None:
+                text = encoded[id(node)] = _compact(node)
+            texts.append(text)
+        parts.append(
+            '{"containerEdits":{"deviceNodes":['
+            + ",".join(texts)
+            + ']},"name":'
+            + _compact(name)
+            + "}"
+        )
+    version = _compact(cdi_version_for(kind))
+    body = f'{{"cdiVersion":{version},"devices":[{",".join(parts)}],"kind":{_compact(kind)}}}'
+    return (body + "\n").encode("utf-8")
+
+
 def render_spec(spec: Mapping[str, Any]) -> bytes:
-    """The spec as stable JSON bytes: sorted keys, two-space indent, a final newline."""
-    return (json.dumps(spec, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """The spec as stable JSON bytes: sorted keys, compact, a final newline.
+
+    Compact because json's C encoder only runs without ``indent``: an indented spec
+    of 1000 devices in all mode went through the pure-Python encoder, ~4.4 MiB of
+    short-lived strings at its peak (a lasting share of the plugin's RSS) and ~30 ms.
+    ``jq . <file>`` shows it indented."""
+    return (_compact(spec) + "\n").encode("utf-8")
 
 
 def _temp_prefix(kind: str) -> str:
@@ -369,8 +425,12 @@ def write_spec(directory: Path, kind: str, spec: Mapping[str, Any]) -> Path:
     touches another file than ours and its temporary. Raises OSError naming the
     path; the previous spec, if any, is then still in place.
     """
+    return write_spec_content(directory, kind, render_spec(spec))
+
+
+def write_spec_content(directory: Path, kind: str, content: bytes) -> Path:
+    """:func:`write_spec` for a spec already rendered (:func:`spec_content`)."""
     path = directory / spec_file_name(kind)
-    content = render_spec(spec)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if _current_content(path) == content:
@@ -438,7 +498,7 @@ def keep_spec(
     if not devices:
         remove_spec(directory, kind)
         return None
-    return write_spec(directory, kind, build_spec(kind, devices, owner))
+    return write_spec_content(directory, kind, spec_content(kind, devices, owner))
 
 
 def _unique(paths: Sequence[str]) -> list[str]:

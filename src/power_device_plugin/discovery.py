@@ -53,6 +53,8 @@ from typing import Optional
 
 from .config import HOST_DEV_PREFIX, NX_GZIP_HOST_PATH, PluginConfig
 from .host_use import DENY_LIST, DeviceNumber, HostUse, denied_char_device, denied_reason
+from .small_files import list_dir as _list_dir
+from .small_files import read_text
 
 ADVERTISED = "advertised"
 EXCLUDED = "excluded"
@@ -206,18 +208,8 @@ class _BlockDevice:
 
 
 def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-def _list_dir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
+    text = read_text(path)
+    return None if text is None else text.strip()
 
 
 def parse_device_number(text: str | None) -> DeviceNumber | None:
@@ -229,7 +221,7 @@ def parse_device_number(text: str | None) -> DeviceNumber | None:
 
 
 def _mapper_aliases(entry: str) -> tuple[str, ...]:
-    dm_name = _read_text(os.path.join(entry, "dm", "name"))
+    dm_name = _read_text(entry + "/dm/name")
     return (HOST_DEV_PREFIX + "mapper/" + dm_name,) if dm_name else ()
 
 
@@ -268,29 +260,33 @@ def _sysfs_by_number(sys_root: Path, rdev: DeviceNumber) -> _BlockDevice | None:
     )
 
 
-def sysfs_identity(entry: str) -> str:
-    """The device's own identity where sysfs has one: ``dm-uuid:<uuid>``, ``wwid:<wwid>``."""
-    uuid = _read_text(os.path.join(entry, "dm", "uuid"))
+def sysfs_identity(entry: str, dm_uuid: str | None = None) -> str:
+    """The device's own identity where sysfs has one: ``dm-uuid:<uuid>``, ``wwid:<wwid>``.
+
+    ``dm_uuid`` is ``dm/uuid`` when the caller has read it already."""
+    uuid = _read_text(entry + "/dm/uuid") if dm_uuid is None else dm_uuid
     if uuid:
         return f"dm-uuid:{uuid}"
-    wwid = _read_text(os.path.join(entry, "device", "wwid"))
+    wwid = _read_text(entry + "/device/wwid")
     if wwid:
         return f"wwid:{wwid}"
     return ""
 
 
-def sysfs_problem(entry: str, disk_entry: str) -> str:
-    """Why a present block device is not fit for use, from sysfs; "" when healthy."""
-    state = _read_text(os.path.join(disk_entry or entry, "device", "state"))
+def sysfs_problem(entry: str, disk_entry: str, dm_uuid: str | None = None) -> str:
+    """Why a present block device is not fit for use, from sysfs; "" when healthy.
+
+    ``dm_uuid`` is ``dm/uuid`` when the caller has read it already."""
+    state = _read_text((disk_entry or entry) + "/device/state")
     if state is not None and state not in LIVE_DEVICE_STATES:
         return f"device/state is {state}"
-    if _read_text(os.path.join(entry, "dm", "suspended")) == "1":
+    if _read_text(entry + "/dm/suspended") == "1":
         return "dm/suspended is 1"
-    if _read_text(os.path.join(entry, "size")) == "0":
+    if _read_text(entry + "/size") == "0":
         return "size is 0"
-    uuid = _read_text(os.path.join(entry, "dm", "uuid")) or ""
+    uuid = (_read_text(entry + "/dm/uuid") if dm_uuid is None else dm_uuid) or ""
     if uuid.startswith(MULTIPATH_UUID_PREFIX):
-        slaves_dir = os.path.join(entry, "slaves")
+        slaves_dir = entry + "/slaves"
         slaves = _list_dir(slaves_dir)
         if not slaves:
             return "no live multipath path (the map has no paths)"
@@ -304,7 +300,7 @@ def sysfs_problem(entry: str, disk_entry: str) -> str:
 
 
 def _numa_node_of(entry: str) -> int | None:
-    text = _read_text(os.path.join(entry, "device", "numa_node"))
+    text = _read_text(entry + "/device/numa_node")
     try:
         node = int(text) if text is not None else -1
     except ValueError:
@@ -320,7 +316,7 @@ def sysfs_numa_nodes(entry: str, disk_entry: str) -> tuple[int, ...]:
     own = _numa_node_of(disk_entry or entry)
     if own is not None:
         return (own,)
-    slaves_dir = os.path.join(entry, "slaves")
+    slaves_dir = entry + "/slaves"
     nodes = {_numa_node_of(os.path.join(slaves_dir, slave)) for slave in _list_dir(slaves_dir)}
     return tuple(sorted(n for n in nodes if n is not None))
 
@@ -331,7 +327,12 @@ def _inside(path: str, root: str) -> bool:
 
 def to_host_path(path: str, dev_root: str) -> str:
     """``<dev-root>/x/y`` -> ``/dev/x/y`` (lexically, so escapes show as what they reach)."""
-    relative = posixpath.relpath(posixpath.normpath(path), dev_root)
+    normal = posixpath.normpath(path)
+    inside = dev_root.rstrip("/") + "/"
+    if normal.startswith(inside) and posixpath.isabs(dev_root):
+        # What relpath gives for a path below an absolute root, without its two abspath calls.
+        return posixpath.normpath(HOST_DEV_PREFIX + normal[len(inside) :])
+    relative = posixpath.relpath(normal, dev_root)
     return posixpath.normpath(HOST_DEV_PREFIX + relative)
 
 
@@ -514,8 +515,8 @@ class _SysfsIndex:
         if known is not None:
             return known
         if kernel_name and not self._listed:
-            entry = os.path.join(str(self._sys_root), "block", kernel_name)
-            if parse_device_number(_read_text(os.path.join(entry, "dev"))) == rdev:
+            entry = f"{self._sys_root}/block/{kernel_name}"
+            if parse_device_number(_read_text(entry + "/dev")) == rdev:
                 host_path = HOST_DEV_PREFIX + kernel_name.replace("!", "/")
                 return _BlockDevice(host_path, _mapper_aliases(entry), entry, entry, rdev)
         found = _sysfs_by_number(self._sys_root, rdev)
@@ -595,8 +596,9 @@ def scan(
             assert one.key is not None  # an advertised path is a device node
             claimed[one.key] = item.host_path
             if one.sysfs is not None:
-                identity = sysfs_identity(one.sysfs.entry)
-                problem = sysfs_problem(one.sysfs.entry, one.sysfs.disk_entry)
+                dm_uuid = _read_text(one.sysfs.entry + "/dm/uuid") or ""
+                identity = sysfs_identity(one.sysfs.entry, dm_uuid)
+                problem = sysfs_problem(one.sysfs.entry, one.sysfs.disk_entry, dm_uuid)
                 numa_nodes = sysfs_numa_nodes(one.sysfs.entry, one.sysfs.disk_entry)
         candidates.append(
             Candidate(

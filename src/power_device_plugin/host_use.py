@@ -62,6 +62,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .small_files import list_dir as _list_dir
+from .small_files import read_text as _read_text
+
 DeviceNumber = tuple[int, int]  # (major, minor)
 
 DENY_LIST_RULE = "built-in deny list"
@@ -91,21 +94,6 @@ class HostUse:
 
 
 # --- reading files without ever raising ------------------------------------------------
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except (OSError, ValueError):
-        return None
-
-
-def _list_dir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
 
 
 def _read_table(path: str) -> tuple[str | None, str]:

@@ -328,7 +328,6 @@ class DeviceWatcher:
         self._signature: Signature | None = None
         self._next_full_scan: float | None = None
         self._next_no_config_log: float | None = None
-        self.last_result: ScanResult | None = None
         # Beaten once per round of run(); /healthz fails when it stops.
         self.heartbeat = Heartbeat("device watcher", clock)
 
@@ -339,7 +338,6 @@ class DeviceWatcher:
         if config != self.applied:
             config, result = self._capacity_checked(config, result, host_use)
         seconds = time.perf_counter() - started
-        self.last_result = result
         changed = self.state.update(result, config)
         self.applied = config
         # Only after a scan that worked: a failed one is tried again next round.

@@ -34,6 +34,30 @@ print(json.dumps({"grpc": grpc.__version__, "protobuf": google.protobuf.__versio
                   "stubs": stubs}))
 """
 
+# Run by the image's Python: each module under site-packages, and whether its bytecode is
+# there for this interpreter (magic number), hash-based and unchecked (flags 0b01), and
+# made from this very source (its hash).
+BYTECODE_PROBE = """
+import importlib.util, json, pathlib
+site = pathlib.Path("/opt/power-device-plugin/site-packages")
+report = {}
+for source in sorted(site.rglob("*.py")):
+    cached = pathlib.Path(importlib.util.cache_from_source(str(source)))
+    if not cached.exists():
+        report[str(source)] = "no bytecode"
+        continue
+    header = cached.read_bytes()[:16]
+    if header[:4] != importlib.util.MAGIC_NUMBER:
+        report[str(source)] = "bytecode of another Python"
+    elif int.from_bytes(header[4:8], "little") != 0b01:
+        report[str(source)] = "not unchecked hash-based bytecode"
+    elif header[8:16] != importlib.util.source_hash(source.read_bytes()):
+        report[str(source)] = "bytecode of another source"
+    else:
+        report[str(source)] = "ok"
+print(json.dumps(report))
+"""
+
 
 def _ok(image_host: Any, command: str) -> str:
     result = image_host.run(command)
@@ -67,6 +91,14 @@ def test_pure_python_dependencies_from_the_context_import(image_host: Any) -> No
     probe = "import inotify_simple; print(inotify_simple.__file__)"
     where = _ok(image_host, "python3 -c " + shlex.quote(probe)).strip()
     assert where.startswith("/opt/power-device-plugin/site-packages/inotify_simple"), where
+
+
+def test_every_module_ships_bytecode_for_the_images_python(image_host: Any) -> None:
+    # Without it each start compiles every module again (the root file system is
+    # read-only): time and RSS on every node, see docs/plugin.md (Performance).
+    report = json.loads(_ok(image_host, "python3 -c " + shlex.quote(BYTECODE_PROBE)))
+    assert any(path.endswith("power_device_plugin/cli.py") for path in report), report
+    assert {path: why for path, why in report.items() if why != "ok"} == {}
 
 
 def test_version_is_the_builds_version(image_host: Any, record: build_record.BuildRecord) -> None:

@@ -162,6 +162,60 @@ def test_render_is_stable_sorted_json_with_a_final_newline() -> None:
     )
 
 
+ESCAPED_NODE = CdiNode('/dev/q"\\uote', "/dev/h\u00e9", "char", 1, 2, "m")
+
+
+@pytest.mark.parametrize(
+    ("kind", "devices", "owner"),
+    [
+        (KIND, ALL_MODE_UNITS, None),
+        (KIND, PER_DEVICE_UNITS, DeviceOwner(uid=1000)),
+        (KIND, ALL_MODE_UNITS, DeviceOwner(1000, 2000, 0o660)),
+        ("example.com/dev.v2", PER_DEVICE_UNITS[:1], DeviceOwner(gid=0)),
+        # Names and paths that JSON must escape, and text beyond ASCII (kept as UTF-8).
+        (
+            KIND,
+            (
+                CdiDevice("a_b.c-1", (ESCAPED_NODE,)),
+                CdiDevice("all", (ESCAPED_NODE, node("dm-0", 0))),
+            ),
+            None,
+        ),
+    ],
+)
+def test_spec_content_is_the_rendered_spec_byte_for_byte(
+    kind: str, devices: tuple[CdiDevice, ...], owner: DeviceOwner | None
+) -> None:
+    assert cdi.spec_content(kind, devices, owner) == cdi.render_spec(
+        cdi.build_spec(kind, devices, owner)
+    )
+
+
+def test_spec_content_of_a_thousand_device_all_mode_snapshot_is_the_rendered_spec() -> None:
+    per_device = [CdiDevice(f"dm-{i}-0a0b0c0d", (node(f"dm-{i}", i),)) for i in range(1000)]
+    devices = (*per_device, CdiDevice("all", tuple(d.nodes[0] for d in per_device)))
+    owner = DeviceOwner(uid=1000)
+    content = cdi.spec_content(KIND, devices, owner)
+    assert content == cdi.render_spec(cdi.build_spec(KIND, devices, owner))
+    assert len(json.loads(content)["devices"][-1]["containerEdits"]["deviceNodes"]) == 1000
+
+
+@pytest.mark.parametrize(
+    ("devices", "reason"),
+    [
+        ((), "no devices"),
+        ((CdiDevice("set-0", ()),), "no device nodes"),
+        ((PER_DEVICE_UNITS[0], PER_DEVICE_UNITS[0]), "listed twice"),
+        ((CdiDevice("set-0", (CdiNode("/dev/x", "/dev/x", "char", -1, 1, "r"),)),), "major"),
+    ],
+)
+def test_spec_content_refuses_what_build_spec_refuses(
+    devices: tuple[CdiDevice, ...], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        cdi.spec_content(KIND, devices, None)
+
+
 # --- device-owner -------------------------------------------------------------------
 
 

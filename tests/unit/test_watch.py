@@ -389,7 +389,7 @@ def test_without_a_valid_config_nothing_is_scanned_nor_advertised(host: FakeHost
         clock=FakeClock(),
     )
     assert watcher.check() is False
-    assert (scans, state.current().devices, watcher.last_result) == ([], (), None)
+    assert (scans, state.current().devices) == ([], ())
 
 
 def test_no_config_is_logged_again_only_after_the_reminder_interval(
@@ -430,22 +430,30 @@ def test_a_device_mounted_later_is_withdrawn_at_the_next_round(host: FakeHost) -
     host.disk("sda")
     host.disk("sdb")
     state = DeviceState()
+    scans: list[ScanResult] = []
     watcher = DeviceWatcher(
-        state, StaticConfig(config_of()), host.dev, host.sys, host.proc, clock=FakeClock()
+        state,
+        StaticConfig(config_of()),
+        host.dev,
+        host.sys,
+        host.proc,
+        clock=FakeClock(),
+        on_scan=lambda result, seconds: scans.append(result),
     )
     watcher.check()
     assert sorted(r.host_path for r in state.current().records) == ["/dev/sda", "/dev/sdb"]
     host.mount("/dev/sdb", "/var/lib/kubelet")
     watcher.check()
-    assert watcher.last_result is not None
-    assert [c.host_path for c in watcher.last_result.advertised()] == ["/dev/sda"]
+    assert [c.host_path for c in scans[-1].advertised()] == ["/dev/sda"]
+    assert {r.host_path: r.problem for r in state.current().records}["/dev/sdb"] != ""
     host.unmount_all()
     watcher.check()
-    assert sorted(c.host_path for c in watcher.last_result.advertised()) == ["/dev/sda", "/dev/sdb"]
+    assert sorted(c.host_path for c in scans[-1].advertised()) == ["/dev/sda", "/dev/sdb"]
 
 
 def test_the_time_strategy_still_notices_the_host_mount_table(host: FakeHost) -> None:
     host.disk("sda")
+    scans: list[ScanResult] = []
     watcher = DeviceWatcher(
         DeviceState(),
         StaticConfig(config_of(discovery_strategy="time", scan_interval="1h")),
@@ -453,11 +461,12 @@ def test_the_time_strategy_still_notices_the_host_mount_table(host: FakeHost) ->
         host.sys,
         host.proc,
         clock=FakeClock(),
+        on_scan=lambda result, seconds: scans.append(result),
     )
     watcher.check()
     host.mount("/dev/sda", "/")
     watcher.check()
-    assert watcher.last_result is not None and watcher.last_result.advertised() == ()
+    assert len(scans) == 2 and scans[-1].advertised() == ()
 
 
 def test_a_failed_scan_is_retried_at_the_next_round_not_the_next_interval(
