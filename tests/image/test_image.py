@@ -25,7 +25,7 @@ PACKAGE_CACHES = (
 # A script run by the image's own Python: every import the plugin needs, and the stubs.
 IMPORT_PROBE = """
 import importlib, json, pkgutil
-import grpc, google.protobuf, prometheus_client
+import grpc, google.protobuf
 import power_device_plugin.api as api
 stubs = sorted(m.name for m in pkgutil.iter_modules(api.__path__))
 for name in stubs:

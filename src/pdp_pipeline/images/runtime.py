@@ -1,4 +1,4 @@
-"""Runtime images: base OS + Python 3 + grpcio + protobuf + prometheus_client, per architecture.
+"""Runtime images: base OS + Python 3 + grpcio + protobuf, per architecture.
 
 grpcio has no wheels for ppc64le or s390x and compiling it under QEMU takes hours,
 so this layer is built once per content key and reused from the registry by every
@@ -43,7 +43,7 @@ RESOLVE_TIMEOUT = 10.0  # seconds: an unreachable base must fail fast, not stall
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR_FALLBACK = "http://deb.debian.org/debian"
 # What the plugin image needs from the runtime: the interpreter and the three imports.
-DEBIAN_PACKAGES = ("python3", "python3-grpcio", "python3-protobuf", "python3-prometheus-client")
+DEBIAN_PACKAGES = ("python3", "python3-grpcio", "python3-protobuf")
 # Package-manager state and docs are not part of the contract; they only add size.
 DEBIAN_CLEANUP = (
     "var/lib/apt/lists/*",
