@@ -87,6 +87,7 @@ GOALS: dict[str, dict[str, float]] = {
         "rss_mib": 40.0,
         "idle_cpu_percent": 0.2,
         "first_list_s": 0.3,
+        "first_list_from_process_s": 0.3,
         "reregistration_s": 1.0,
         "hotplug_add_s": 1.0,
         "hotplug_remove_s": 1.0,
@@ -97,6 +98,7 @@ GOALS: dict[str, dict[str, float]] = {
         "rss_mib": 40.0,
         "idle_cpu_percent": 0.2,
         "first_list_s": 0.3,
+        "first_list_from_process_s": 0.3,
         "reregistration_s": 1.0,
         "hotplug_add_s": 1.0,
         "hotplug_remove_s": 1.0,
@@ -107,6 +109,7 @@ GOALS: dict[str, dict[str, float]] = {
         "hotplug_add_s": 1.0,
         "hotplug_remove_s": 1.0,
         "first_list_s": 0.5,
+        "first_list_from_process_s": 0.5,
         "rss_mib": 45.0,
     },
 }
@@ -144,6 +147,7 @@ UNITS = {
     "rss_end_mib": "MiB",
     "idle_cpu_percent": "%",
     "first_list_s": "s",
+    "first_list_from_process_s": "s",
     "reregistration_s": "s",
     "hotplug_add_s": "s",
     "hotplug_remove_s": "s",
@@ -177,6 +181,18 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def process_start_monotonic(pid: int) -> float:
+    """When `pid` was started, on this process's monotonic clock (10 ms resolution).
+
+    /proc/<pid>/stat gives the start in clock ticks since boot (field 22); the offset
+    between the boot clock and the monotonic clock is read here. For an image run this
+    leaves out what `docker run` spends before the container's process exists."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    started_since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    offset = time.clock_gettime(time.CLOCK_BOOTTIME) - time.monotonic()
+    return started_since_boot - offset
 
 
 def thread_count(pid: int) -> int:
@@ -538,7 +554,11 @@ def run_case(case: str, settings: Settings) -> dict[str, float]:
             started = plugin.start(command)
             try:
                 kubelet.wait_for_registration(timeout=60)
-                figures["first_list_s"] = list_seen(kubelet, count, started) - started
+                first_list = list_seen(kubelet, count, started)
+                figures["first_list_s"] = first_list - started
+                figures["first_list_from_process_s"] = first_list - process_start_monotonic(
+                    plugin.pid
+                )
                 devices = kubelet.wait_for_list(_count_is(count), timeout=5)
                 time.sleep(1.0)  # start-up garbage settles
                 figures["rss_mib"] = rss_mib(plugin.pid)
@@ -581,7 +601,7 @@ def table(results: dict[str, dict[str, float]], settings: Settings) -> str:
     lines = [
         f"plugin bench: {settings.devices} devices, run by {runner}",
         "Go column: squat/generic-device-plugin as measured earlier (issue 10), not in this run",
-        f"{'case':<11} {'figure':<20} {'value':>10} {'unit':<4} {'goal':>8}  "
+        f"{'case':<11} {'figure':<25} {'value':>10} {'unit':<4} {'goal':>8}  "
         f"{'verdict':<8} {'Go (earlier)':>12}",
     ]
     for case, figures in results.items():
@@ -589,7 +609,7 @@ def table(results: dict[str, dict[str, float]], settings: Settings) -> str:
             goal = GOALS[case].get(name)
             go = GO_REFERENCE[case].get(name)
             lines.append(
-                f"{case:<11} {name:<20} {value:>10.3f} {UNITS.get(name, ''):<4} "
+                f"{case:<11} {name:<25} {value:>10.3f} {UNITS.get(name, ''):<4} "
                 f"{'' if goal is None else f'<= {goal:g}':>8}  "
                 f"{'' if goal is None else met(goal, value):<8} "
                 f"{'' if go is None else f'{go:g}':>12}"

@@ -37,7 +37,6 @@ import errno
 import json
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,7 +436,9 @@ def write_spec_content(directory: Path, kind: str, content: bytes) -> Path:
             return path
     except OSError as exc:
         raise _os_error(exc, "read", path) from None
-    temp = directory / f"{_temp_prefix(kind)}{secrets.token_hex(4)}"
+    # os.urandom, not secrets: the name only has to differ from a leftover's, and the
+    # secrets module brings random, hmac and bisect into the plugin for nothing else.
+    temp = directory / f"{_temp_prefix(kind)}{os.urandom(4).hex()}"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SPEC_MODE)
         try:

@@ -379,9 +379,7 @@ def start_watchers(
 
 def run_serve(args: argparse.Namespace) -> int:
     from power_device_plugin.health import HealthServer, Probes, parse_listen, stalled
-    from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
     from power_device_plugin.notify import WakingEvent
-    from power_device_plugin.server import DevicePluginServicer
 
     # Setting it also wakes the watchers blocked waiting for kernel notifications.
     stopping = WakingEvent()
@@ -393,6 +391,12 @@ def run_serve(args: argparse.Namespace) -> int:
         naming=naming, before_publish=cdi_spec_writer(args.cdi_dir, naming.cdi_kind)
     )
     watching = start_watchers(args, state, metrics, stopping)
+    # grpc and the stubs are imported after the first scan: the memory the scan freed
+    # is then reused by their modules instead of staying behind as holes in the heap
+    # (~0.5 MiB of RSS at 1000 devices). Nothing is served before the first scan anyway.
+    from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
+    from power_device_plugin.server import DevicePluginServicer
+
     servicer = DevicePluginServicer(state, metrics, stopping)
     endpoint = Endpoint(args.plugin_dir, args.socket_name, args.resource)
     lifecycle = PluginLifecycle(endpoint, servicer, metrics, stopping)
