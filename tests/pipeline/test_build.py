@@ -281,11 +281,27 @@ def _instructions() -> list[tuple[str, str]]:
     ]
 
 
-def test_the_plugin_stage_runs_nothing_it_only_copies_onto_the_runtime() -> None:
+def test_the_plugin_stage_copies_onto_the_runtime_and_only_compiles_bytecode() -> None:
     kinds = [kind for kind, _ in _instructions()]
-    assert "RUN" not in kinds and "ADD" not in kinds
+    assert "ADD" not in kinds
     assert kinds.count("FROM") == 1
     assert ("FROM", "${RUNTIME_IMAGE}") in _instructions()
+    # One step runs: the runtime's own Python compiles the copied site-packages, with no
+    # network (nothing can be fetched), hash-based (the layer does not depend on mtimes)
+    # and a fixed hash seed (set constants in a fixed order).
+    (run,) = [args for kind, args in _instructions() if kind == "RUN"]
+    assert run.split() == [
+        "--network=none",
+        "PYTHONHASHSEED=0",
+        "python3",
+        "-m",
+        "compileall",
+        "-q",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "/opt/power-device-plugin/site-packages",
+    ]
+    assert kinds.index("RUN") > max(i for i, kind in enumerate(kinds) if kind == "COPY")
 
 
 def test_the_entrypoint_is_the_launcher_and_the_default_command_serves() -> None:
