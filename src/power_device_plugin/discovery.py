@@ -42,7 +42,6 @@ refused candidate.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import posixpath
@@ -52,7 +51,14 @@ from pathlib import Path
 from typing import Optional
 
 from .config import HOST_DEV_PREFIX, NX_GZIP_HOST_PATH, PluginConfig
-from .host_use import DENY_LIST, DeviceNumber, HostUse, denied_char_device, denied_reason
+from .host_use import (
+    DENY_LIST,
+    DeviceNumber,
+    HostUse,
+    denied_char_device,
+    denied_reason,
+    host_glob_match,
+)
 from .small_files import list_dir as _list_dir
 from .small_files import read_text
 
@@ -161,15 +167,6 @@ class ScanResult:
 
     def advertised(self) -> tuple[Candidate, ...]:
         return tuple(c for c in self.candidates if c.verdict == ADVERTISED)
-
-
-def host_glob_match(pattern: str, host_path: str) -> bool:
-    """Glob semantics on host paths: ``*`` never crosses a ``/`` (as in glob, unlike fnmatch)."""
-    pattern_parts = pattern.split("/")
-    path_parts = host_path.split("/")
-    if len(pattern_parts) != len(path_parts):
-        return False
-    return all(fnmatch.fnmatchcase(p, g) for g, p in zip(pattern_parts, path_parts))
 
 
 def first_match(patterns: tuple[str, ...], names: tuple[str, ...]) -> str | None:

@@ -564,8 +564,10 @@ DENY_LIST: tuple[tuple[str, str], ...] = (
 )
 
 
-def _glob_match(pattern: str, host_path: str) -> bool:
-    """Glob on host paths where ``*`` never crosses ``/`` (as discovery matches config)."""
+def host_glob_match(pattern: str, host_path: str) -> bool:
+    """Glob semantics on host paths: ``*`` never crosses a ``/`` (as in glob, unlike fnmatch).
+
+    The deny list and the config's include/exclude patterns (discovery) match alike."""
     pattern_parts = pattern.split("/")
     path_parts = host_path.split("/")
     if len(pattern_parts) != len(path_parts):
@@ -584,7 +586,7 @@ def denied_reason(host_path: str) -> str | None:
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
     for pattern, why in DENY_LIST:
-        if _glob_match(pattern, path):
+        if host_glob_match(pattern, path):
             return f"{DENY_LIST_RULE}: {path} ({why})"
     return None
 
