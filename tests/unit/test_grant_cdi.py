@@ -13,7 +13,7 @@ import pytest
 from tests.unit.conftest import config_of
 
 from power_device_plugin import cdi
-from power_device_plugin.cli import cdi_spec_writer, remove_cdi_spec
+from power_device_plugin.cli import CdiSpecKeeper, remove_cdi_spec
 from power_device_plugin.devices import (
     DeviceSnapshot,
     DeviceState,
@@ -21,6 +21,7 @@ from power_device_plugin.devices import (
     device_id_for,
 )
 from power_device_plugin.discovery import ADVERTISED, SOURCE_INCLUDE, Candidate, ScanResult
+from power_device_plugin.metrics import PluginMetrics
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "cdi-spec.schema.json").read_text())
 KIND = "power-dev-plugin.ibm.com/dev"
@@ -50,7 +51,7 @@ def snapshot_of(*candidates: Candidate, **keys: object) -> DeviceSnapshot:
 
 
 def spec_writer(directory: Path) -> Callable[[DeviceSnapshot], None]:
-    return cdi_spec_writer(directory, KIND)
+    return CdiSpecKeeper(directory, KIND, PluginMetrics()).write
 
 
 def test_an_all_mode_grant_names_the_all_device_and_lists_every_path_in_env_and_annotation() -> (
