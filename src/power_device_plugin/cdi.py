@@ -12,6 +12,10 @@ is what the workload sees, on any node whose runtime understands CDI (containerd
 kubelet passes CDI names from device plugins (``DevicePluginCDIDevices``: alpha
 in 1.28, on by default from 1.29). See ``docs/cdi.md``.
 
+When it is written. Only when a grant needs it: the config key ``cdi`` defaults to
+``auto`` (:func:`resolve_mode`), which names CDI devices only when ``device-owner`` is
+set; ``both`` or ``only`` chosen explicitly write it too.
+
 What is written. One JSON file per plugin and kind (:func:`spec_file_name`), in
 the host's CDI directory (``/var/run/cdi`` by default), holding one CDI device per
 advertised unit (its name is the unit ID), each with the unit's device nodes.
