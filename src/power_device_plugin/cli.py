@@ -447,7 +447,9 @@ class RepublishingState(DeviceState):
     be written the same scan is published again, with them. The last scan is kept only
     while the spec is failing (a scan of 1000 devices is not worth its memory otherwise)."""
 
-    def __init__(self, naming: GrantNaming, before_publish: Callable[[DeviceSnapshot], None]):
+    def __init__(
+        self, naming: GrantNaming, before_publish: Callable[[DeviceSnapshot], None]
+    ) -> None:
         super().__init__(naming=naming, before_publish=before_publish)
         # Re-entrant: publish_again() calls update() with it held, so no newer scan can
         # be published between reading the last one and publishing it again.
