@@ -12,6 +12,10 @@ is what the workload sees, on any node whose runtime understands CDI (containerd
 kubelet passes CDI names from device plugins (``DevicePluginCDIDevices``: alpha
 in 1.28, on by default from 1.29). See ``docs/cdi.md``.
 
+When it is written. Only when a grant needs it: the config key ``cdi`` defaults to
+``auto`` (:func:`resolve_mode`), which names CDI devices only when ``device-owner`` is
+set; ``both`` or ``only`` chosen explicitly write it too.
+
 What is written. One JSON file per plugin and kind (:func:`spec_file_name`), in
 the host's CDI directory (``/var/run/cdi`` by default), holding one CDI device per
 advertised unit (its name is the unit ID), each with the unit's device nodes.
@@ -57,6 +61,12 @@ CDI_OFF = "off"  # DeviceSpecs only (the answer before CDI)
 CDI_BOTH = "both"  # DeviceSpecs and CDI names: works whether or not the runtime reads CDI
 CDI_ONLY = "only"  # CDI names only: the runtime must read CDI or the container gets nothing
 CDI_MODES = (CDI_OFF, CDI_BOTH, CDI_ONLY)
+# The default (the key absent, or "auto"): ``both`` when ``device-owner`` is set, the one
+# thing only a CDI spec can give, else ``off``. A spec on the node is a capability (any
+# runtime or NRI plugin that injects CDI devices named in pod annotations hands it to
+# whoever names it; see docs/cdi.md), so none is written unless a grant needs it.
+CDI_AUTO = "auto"
+CDI_CHOICES = (*CDI_MODES, CDI_AUTO)
 # What a cluster needs for each mode (logged when the kubelet asks for the options).
 CDI_MODE_NEEDS = {
     CDI_OFF: "grants carry DeviceSpecs only: nodes keep the host's owner and mode",
@@ -66,7 +76,7 @@ CDI_MODE_NEEDS = {
     CDI_ONLY: "grants carry CDI names only: the kubelet must pass CDI names and the runtime "
     "must read CDI specs, or a container gets no device",
 }
-CDI_DEFAULT_MODE = CDI_BOTH
+CDI_DEFAULT_MODE = CDI_AUTO
 
 DEFAULT_CDI_DIR = "/var/run/cdi"
 
@@ -107,6 +117,14 @@ class DeviceOwner:
     @property
     def is_set(self) -> bool:
         return self.uid is not None or self.gid is not None or self.mode is not None
+
+
+def resolve_mode(chosen: str, owner: DeviceOwner) -> str:
+    """The mode grants use for the ``cdi`` key's value: ``auto`` is ``both`` with a
+    ``device-owner`` set and ``off`` without; the other values are themselves."""
+    if chosen != CDI_AUTO:
+        return chosen
+    return CDI_BOTH if owner.is_set else CDI_OFF
 
 
 @dataclass(frozen=True)

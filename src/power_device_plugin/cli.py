@@ -8,6 +8,7 @@ message that names it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from power_device_plugin import __version__, cdi
-from power_device_plugin.config import ConfigError, load_config
+from power_device_plugin.config import ConfigError, PluginConfig, load_config
 from power_device_plugin.devices import DeviceSnapshot, DeviceState, GrantNaming
 from power_device_plugin.discovery import ScanResult, scan
 from power_device_plugin.host_use import read_host_use
@@ -43,6 +44,8 @@ OUTPUTS = ("table", "json")
 # reach the kubelet within 1 s (poll + a rescan of ~1000 nodes fits easily);
 # polling faster costs idle CPU for nothing.
 DEVICE_POLL_SECONDS = 0.4
+# How often a CDI spec that could not be written (or a stale one removed) is tried again.
+CDI_RETRY_SECONDS = 1.0
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
@@ -387,10 +390,16 @@ def run_serve(args: argparse.Namespace) -> int:
     log.info("power-device-plugin %s starting", __version__)
     metrics = PluginMetrics()
     naming = GrantNaming(args.resource)
-    state = DeviceState(
-        naming=naming, before_publish=cdi_spec_writer(args.cdi_dir, naming.cdi_kind)
-    )
+    keeper = CdiSpecKeeper(args.cdi_dir, naming.cdi_kind, metrics)
+    state = RepublishingState(naming=naming, before_publish=keeper.write)
+    keeper.republish = state.publish_again
     watching = start_watchers(args, state, metrics, stopping)
+    # Before registration: no spec of an earlier run outlives this start.
+    keeper.clear_stale()
+    keeper_thread = threading.Thread(
+        target=keeper.run, args=(stopping,), name="cdi-spec-retry", daemon=True
+    )
+    keeper_thread.start()
     # grpc and the stubs are imported after the first scan: the memory the scan freed
     # is then reused by their modules instead of staying behind as holes in the heap
     # (~0.5 MiB of RSS at 1000 devices). Nothing is served before the first scan anyway.
@@ -402,11 +411,11 @@ def run_serve(args: argparse.Namespace) -> int:
     lifecycle = PluginLifecycle(endpoint, servicer, metrics, stopping)
 
     def not_ready() -> str | None:
-        if not lifecycle.ready():
-            return watching.not_ready() or (
-                "not registered with the kubelet or no ListAndWatch stream"
-            )
-        return watching.not_ready()
+        problem = watching.not_ready()
+        if problem is None and not lifecycle.ready():
+            problem = "not registered with the kubelet or no ListAndWatch stream"
+        problems = [p for p in (problem, keeper.problem) if p]
+        return "; ".join(problems) if problems else None
 
     def not_live() -> str | None:
         return stalled((lifecycle.heartbeat, watching.devices.heartbeat))
@@ -425,23 +434,149 @@ def run_serve(args: argparse.Namespace) -> int:
         stopping.set()
         state.close_subscriptions()
         health.stop()
-        for thread in watching.threads:
+        keeper.stop()
+        for thread in (*watching.threads, keeper_thread):
             thread.join(timeout=1.0)
         remove_cdi_spec(args.cdi_dir, naming.cdi_kind)
     return 0
 
 
-def cdi_spec_writer(directory: Path, kind: str) -> Callable[[DeviceSnapshot], None]:
-    """Keeps the plugin's CDI spec file in line with each snapshot before it is published
-    (with ``cdi: off`` there is no CDI device, and the file is removed)."""
+class RepublishingState(DeviceState):
+    """A DeviceState that can publish its last scan again, for the CDI spec keeper: after
+    a spec could not be written the snapshot names no CDI device, and once the spec can
+    be written the same scan is published again, with them. The last scan is kept only
+    while the spec is failing (a scan of 1000 devices is not worth its memory otherwise)."""
 
-    def write(snapshot: DeviceSnapshot) -> None:
+    def __init__(
+        self, naming: GrantNaming, before_publish: Callable[[DeviceSnapshot], None]
+    ) -> None:
+        super().__init__(naming=naming, before_publish=before_publish)
+        # Re-entrant: publish_again() calls update() with it held, so no newer scan can
+        # be published between reading the last one and publishing it again.
+        self._last_lock = threading.RLock()
+        self._last: tuple[ScanResult, PluginConfig] | None = None
+
+    def update(self, result: ScanResult, config: PluginConfig) -> bool:
+        with self._last_lock:
+            changed = super().update(result, config)
+            self._last = (result, config) if self.cdi_problem else None
+            return changed
+
+    def publish_again(self) -> None:
+        """Publish the last scan again if its CDI spec could not be written."""
+        with self._last_lock:
+            if self._last is not None:
+                self.update(*self._last)
+
+
+class CdiSpecKeeper:
+    """Keeps the plugin's CDI spec file true to what grants name, and says when it cannot.
+
+    - :meth:`write` is the DeviceState's ``before_publish``: it writes the spec of each
+      snapshot (or removes it when the snapshot names no CDI device).
+    - :meth:`clear_stale` runs at start, after the first scan and before registration:
+      a spec an earlier run left (``kill -9``, a config made invalid while it was down)
+      is removed unless the first scan already rewrote or removed it.
+    - ``problem`` is "" while the file is what grants need, else why not: ``/readyz``
+      answers 503 with it and ``pdp_cdi_spec_failing`` is 1.
+    - :meth:`run` (a thread) retries every ``CDI_RETRY_SECONDS`` while there is a
+      problem, so a spec comes back within seconds of space or permission returning.
+    """
+
+    def __init__(self, directory: Path, kind: str, metrics: PluginMetrics) -> None:
+        self.directory = directory
+        self.kind = kind
+        self.republish: Callable[[], None] = lambda: None
+        self._metrics = metrics
+        self._lock = threading.Lock()  # one file operation at a time
+        self._touched = False  # a snapshot's write (or removal) has run
+        self._stale_left = False  # clear_stale failed and no write has run since
+        self._failing_since: float | None = None
+        self._wake = threading.Event()  # set while there is a problem, and to stop
+        self.problem = ""
+
+    def write(self, snapshot: DeviceSnapshot) -> None:
         devices = snapshot.cdi_spec_devices()
-        written = cdi.keep_spec(directory, kind, devices, snapshot.device_owner)
+        with self._lock:
+            self._touched = True
+            self._stale_left = False
+            try:
+                written = cdi.keep_spec(self.directory, self.kind, devices, snapshot.device_owner)
+            except Exception as error:
+                # The grants of this snapshot name no CDI device: a spec left in place
+                # would only describe an older list (unlinking needs no free space).
+                with contextlib.suppress(OSError):
+                    cdi.remove_spec(self.directory, self.kind)
+                self._failed(error)
+                raise
+            self._fine()
         if written is not None:
             log.debug("CDI spec %s holds %d devices", written, len(devices))
 
-    return write
+    def clear_stale(self) -> None:
+        """Remove a spec left from an earlier run, unless this run has kept it already."""
+        with self._lock:
+            if self._touched:
+                return
+            try:
+                removed = cdi.remove_spec(self.directory, self.kind)
+            except OSError as error:
+                if not self._stale_left:
+                    log.error("cannot remove a CDI spec left from an earlier run: %s", error)
+                self._stale_left = True
+                self._failed(error)
+                return
+            self._stale_left = False
+            self._fine()
+        if removed:
+            log.info(
+                "removed the CDI spec %s left from an earlier run: no grant names it now",
+                self.directory / cdi.spec_file_name(self.kind),
+            )
+
+    def _failed(self, error: BaseException) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self.problem = (
+            f"CDI spec not kept: {error}; grants name no CDI device until it is "
+            f"(retrying every {CDI_RETRY_SECONDS:g}s)"
+        )
+        self._metrics.cdi_spec_failing.set(1)
+        self._wake.set()
+
+    def _fine(self) -> None:
+        if self._failing_since is not None:
+            log.info(
+                "CDI spec kept again in %s after %.1fs of failures",
+                self.directory,
+                time.monotonic() - self._failing_since,
+            )
+        self._failing_since = None
+        self.problem = ""
+        self._metrics.cdi_spec_failing.set(0)
+        self._wake.clear()
+
+    def retry(self) -> None:
+        """Try once more what failed: the stale spec's removal, or the last scan's spec."""
+        if self._stale_left:
+            self.clear_stale()
+        else:
+            self.republish()
+
+    def run(self, stopping: threading.Event) -> None:
+        """Retry while there is a problem, until ``stopping`` is set (then call :meth:`stop`)."""
+        while not stopping.is_set():
+            self._wake.wait()
+            if stopping.wait(CDI_RETRY_SECONDS):
+                return
+            try:
+                self.retry()
+            except Exception as error:  # the problem says why; the next retry comes anyway
+                log.debug("CDI spec retry failed: %s", error)
+
+    def stop(self) -> None:
+        """Wake :meth:`run` so it sees ``stopping``."""
+        self._wake.set()
 
 
 def remove_cdi_spec(directory: Path, kind: str) -> None:

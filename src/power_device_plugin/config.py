@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cdi import CDI_DEFAULT_MODE, CDI_MODES, DeviceOwner, parse_device_owner
+from .cdi import (
+    CDI_CHOICES,
+    CDI_DEFAULT_MODE,
+    CDI_OFF,
+    DeviceOwner,
+    parse_device_owner,
+    resolve_mode,
+)
 
 GRANT_ALL = "all"
 GRANT_PER_DEVICE = "per-device"
@@ -71,8 +78,9 @@ class PluginConfig:
     scan_interval_seconds: float = DEFAULT_SCAN_INTERVAL_SECONDS
     upper_limit: int | None = None
     grant_mode: str = GRANT_ALL
-    # How a grant names its devices: DeviceSpecs, CDI names, or both (see cdi.py).
-    cdi: str = CDI_DEFAULT_MODE
+    # How a grant names its devices: DeviceSpecs, CDI names, or both (see cdi.py). Always
+    # one of cdi.CDI_MODES: the key's default, "auto", is resolved by parse_config.
+    cdi: str = CDI_OFF
     # The owner and mode a granted node gets inside the container (CDI only).
     device_owner: DeviceOwner = field(default_factory=DeviceOwner)
 
@@ -288,6 +296,7 @@ def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
         interval = read.checked("scan-interval", read.str_("scan-interval", ""), parse_duration)
         if interval < MIN_SCAN_INTERVAL_SECONDS:
             raise read.error("scan-interval", f"{doc['scan-interval']!r} is shorter than 1s")
+    owner = read.owner("device-owner")
     config = PluginConfig(
         nx_gzip=read.bool_("nx-gzip", False),
         permissions=permissions,
@@ -299,10 +308,16 @@ def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
         scan_interval_seconds=interval,
         upper_limit=read.limit("upper-limit"),
         grant_mode=read.choice("grant-mode", GRANT_ALL, GRANT_MODES),
-        cdi=read.choice("cdi", CDI_DEFAULT_MODE, CDI_MODES),
-        device_owner=read.owner("device-owner"),
+        cdi=resolve_mode(read.choice("cdi", CDI_DEFAULT_MODE, CDI_CHOICES), owner),
+        device_owner=owner,
     )
     warnings = _unknown_key_warnings(doc, source)
+    if owner.is_set and config.cdi == CDI_OFF:
+        warnings.append(
+            f"{source}: device-owner is set but cdi is {CDI_OFF!r}: the owner only reaches "
+            "a container through a CDI spec, so it is ignored; remove cdi (or set it to "
+            "'both' or 'only') to apply it"
+        )
     if config.upper_limit is not None and "grant-mode" not in doc:
         warnings.append(upper_limit_without_grant_mode(source, config.upper_limit))
     return config, warnings

@@ -259,6 +259,11 @@ class PluginMetrics:
             "pdp_list_and_watch_streams",
             "ListAndWatch streams currently open.",
         )
+        self.cdi_spec_failing = Gauge(
+            "pdp_cdi_spec_failing",
+            "1 while the plugin's CDI spec cannot be written or removed as the grants need "
+            "(retried every second; /readyz says why), else 0.",
+        )
         self._families: tuple[_Family[Any], ...] = (
             self.devices,
             self.units,
@@ -268,6 +273,7 @@ class PluginMetrics:
             self.config_loaded,
             self.scan_duration,
             self.streams,
+            self.cdi_spec_failing,
         )
         # Every label value exists from the start, so a count of 0 is visible
         # (and rate() works) before the first event of its kind.

@@ -392,7 +392,9 @@ def test_with_cdi_a_read_only_grant_still_refuses_writes(
 def test_the_cdi_spec_follows_the_devices_and_leaves_with_the_plugin(
     node: Node, loops: LoopDevices, cdi_engine: None
 ) -> None:
-    devices, _, _, _ = start_node(node, loops, granted=2)
+    # The spec is written only when a grant needs it: cdi chosen explicitly here.
+    config = {**plugin_config(loops.glob, []), "cdi": "both"}
+    devices, _, _, _ = start_node(node, loops, granted=2, config=config)
     spec_path = cdi_spec_path(node)
     assert sorted(p for paths in spec_device_paths(spec_path).values() for p in paths) == sorted(
         d.path for d in devices

@@ -323,7 +323,17 @@ def test_qualified_name_joins_kind_and_unit_id() -> None:
 
 def test_cdi_modes_and_default() -> None:
     assert cdi.CDI_MODES == ("off", "both", "only")
-    assert cdi.CDI_DEFAULT_MODE == "both"
+    assert cdi.CDI_CHOICES == ("off", "both", "only", "auto")
+    assert cdi.CDI_DEFAULT_MODE == "auto"
+
+
+def test_auto_is_both_with_a_device_owner_and_off_without() -> None:
+    assert cdi.resolve_mode("auto", cdi.DeviceOwner()) == "off"
+    assert cdi.resolve_mode("auto", cdi.DeviceOwner(uid=1000)) == "both"
+    assert cdi.resolve_mode("auto", cdi.DeviceOwner(mode=0o600)) == "both"
+    for chosen in cdi.CDI_MODES:
+        assert cdi.resolve_mode(chosen, cdi.DeviceOwner()) == chosen
+        assert cdi.resolve_mode(chosen, cdi.DeviceOwner(uid=0)) == chosen
 
 
 # --- the schema ---------------------------------------------------------------------

@@ -56,6 +56,36 @@ def test_defaults_are_ibm_semantics_with_rw_and_no_limit() -> None:
     assert config.scan_interval_seconds == DEFAULT_SCAN_INTERVAL_SECONDS
     assert config.upper_limit is None
     assert config.grant_mode == GRANT_ALL
+    assert config.cdi == "off"
+
+
+@pytest.mark.parametrize(
+    ("doc", "mode"),
+    [
+        ({}, "off"),
+        ({"cdi": "auto"}, "off"),
+        ({"device-owner": {"uid": 1000}}, "both"),
+        ({"device-owner": {"mode": "0600"}, "cdi": "auto"}, "both"),
+        ({"device-owner": {}}, "off"),
+        ({"cdi": "both"}, "both"),
+        ({"cdi": "only"}, "only"),
+        ({"cdi": "only", "device-owner": {"gid": 6}}, "only"),
+    ],
+)
+def test_the_cdi_default_names_cdi_devices_only_when_a_device_owner_needs_them(
+    doc: dict[str, object], mode: str
+) -> None:
+    config, warnings = parse(doc)
+    assert config.cdi == mode
+    assert warnings == []
+
+
+def test_a_device_owner_that_cdi_off_keeps_from_applying_is_warned_about() -> None:
+    config, warnings = parse({"cdi": "off", "device-owner": {"uid": 1000}})
+    assert config.cdi == "off"
+    (warning,) = warnings
+    assert "device-owner is set but cdi is 'off'" in warning
+    assert "ignored" in warning
 
 
 def test_ibm_configmap_document_is_accepted_without_warnings() -> None:

@@ -106,7 +106,7 @@ def refusal(text: str) -> tuple[str, str, str]:
         ('{"upper-limit": 1001}', "upper-limit", "must be at most 1000, got 1001"),
         ('{"grant-mode": "some"}', "grant-mode", "'some' is not one of 'all', 'per-device'"),
         ('{"grant-mode": 2}', "grant-mode", "must be a string, got a number"),
-        ('{"cdi": "x"}', "cdi", "'x' is not one of 'off', 'both', 'only'"),
+        ('{"cdi": "x"}', "cdi", "'x' is not one of 'off', 'both', 'only', 'auto'"),
         (
             '{"device-owner": 5}',
             "device-owner",

@@ -98,6 +98,9 @@ def reference_metrics() -> tuple[CollectorRegistry, SimpleNamespace]:
             registry=registry,
         ),
         streams=ReferenceGauge(metrics.streams.name, metrics.streams.help_text, registry=registry),
+        cdi_spec_failing=ReferenceGauge(
+            metrics.cdi_spec_failing.name, metrics.cdi_spec_failing.help_text, registry=registry
+        ),
     )
     for health in HEALTH_VALUES:
         m.devices.labels(health=health).set(0)
@@ -124,6 +127,8 @@ def feed(m: Any) -> None:
     m.streams.set(1)
     m.devices.labels(health="Healthy").set(3)
     m.units.labels(health="Unhealthy").set(7)
+    m.cdi_spec_failing.set(1)
+    m.cdi_spec_failing.set(0)
 
 
 def test_events_are_read_back_by_the_parser_with_their_types_labels_and_values() -> None:
@@ -156,6 +161,7 @@ def test_events_are_read_back_by_the_parser_with_their_types_labels_and_values()
         "pdp_config_loaded": "gauge",
         "pdp_scan_duration_seconds": "histogram",
         "pdp_list_and_watch_streams": "gauge",
+        "pdp_cdi_spec_failing": "gauge",
     }
     assert value_of(text, "pdp_allocations_total", result="ok") == 1
     assert value_of(text, "pdp_allocations_total", result="unknown") == 2
