@@ -52,7 +52,9 @@ Limits (what this guard does not see):
 **Built-in deny list** (:func:`denied_reason`, :func:`denied_char_device`): host
 device nodes that no config can grant, because they reach kernel memory,
 hardware registers, the host's consoles, virtualisation, firmware or kernel
-control interfaces. See :data:`DENY_LIST`.
+control interfaces. See :data:`DENY_LIST`. NVMe controller nodes and passthrough
+nodes not traced to exactly one disk are refused by it too, by their sysfs class
+(:func:`trace_passthrough`), whatever their name.
 """
 
 from __future__ import annotations
