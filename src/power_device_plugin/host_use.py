@@ -563,21 +563,20 @@ def _names_shown(names: list[str]) -> str:
 
 
 def _class_device_dir(root: str, rdev: DeviceNumber) -> tuple[str, str] | None:
-    """(sysfs directory, class) of a passthrough character device by number, through
-    ``<sys-root>/dev/char/M:m``; None when the number is not one of those classes' (or
-    sysfs does not know it)."""
+    """(sysfs directory, class) of a character device by number, through
+    ``<sys-root>/dev/char/M:m``: the class from its ``subsystem`` link, else from the
+    passthrough classes' listings, else ""; None when sysfs does not know the number."""
     device_dir = os.path.realpath(os.path.join(root, "dev", "char", f"{rdev[0]}:{rdev[1]}"))
     if not _is_dir(device_dir):
         return None
-    name = os.path.basename(device_dir)
     subsystem = os.path.join(device_dir, "subsystem")
     if os.path.islink(subsystem):
-        cls = os.path.basename(os.path.realpath(subsystem))
-        return (device_dir, cls) if cls in PASSTHROUGH_CLASSES else None
-    for cls in PASSTHROUGH_CLASSES:  # no subsystem link: the class listings say
+        return device_dir, os.path.basename(os.path.realpath(subsystem))
+    name = os.path.basename(device_dir)
+    for cls in PASSTHROUGH_CLASSES:
         if os.path.realpath(os.path.join(root, "class", cls, name)) == device_dir:
             return device_dir, cls
-    return None
+    return device_dir, ""
 
 
 def _disk_of_scsi_node(label: str, device_dir: str) -> PassthroughTarget:
@@ -642,8 +641,10 @@ def trace_passthrough(
     that sysfs does not know while its number (sg's major) or one of its ``host_paths``
     says it is such a node. None for any other character device (read: no sysfs at all)."""
     root = str(sys_root)
-    found = _class_device_dir(root, rdev)
-    if found is None:
+    device_dir, cls = _class_device_dir(root, rdev) or ("", "")
+    if cls not in PASSTHROUGH_CLASSES:
+        if cls and rdev[0] != SCSI_GENERIC_MAJOR:
+            return None  # sysfs says it is a device of another kind
         looks_like = [p for p in host_paths if _PASSTHROUGH_NAME.fullmatch(posixpath.normpath(p))]
         if rdev[0] != SCSI_GENERIC_MAJOR and not looks_like:
             return None
@@ -651,10 +652,9 @@ def trace_passthrough(
         label = f"passthrough node {shown}"
         return PassthroughTarget(
             label,
-            refusal=f"{label} is not in sysfs (no {rdev[0]}:{rdev[1]} among the "
-            + "scsi_generic, bsg, nvme-generic or nvme devices): cannot tell which disk it reaches",
+            refusal=f"{label}: sysfs does not trace {rdev[0]}:{rdev[1]} to a scsi_generic, bsg, "
+            "nvme-generic or nvme device: cannot tell which disk it reaches",
         )
-    device_dir, cls = found
     label = f"{_LABELS[cls]} {os.path.basename(device_dir)}"
     if cls in (SCSI_GENERIC_CLASS, BSG_CLASS):
         return _disk_of_scsi_node(label, device_dir)

@@ -130,7 +130,7 @@ def test_a_passthrough_node_sysfs_does_not_know_is_on_the_deny_list(
     host.char_node(path)
     verdict_, rule, reason = verdict(scan_of(host, path), path)
     assert (verdict_, rule) == (REFUSED, "built-in deny list")
-    assert reason.startswith(f"built-in deny list: passthrough node {path} is not in sysfs")
+    assert reason.startswith(f"built-in deny list: passthrough node {path}: sysfs does not trace")
     assert reason.endswith("cannot tell which disk it reaches")
 
 
@@ -141,8 +141,8 @@ def test_a_node_of_the_sg_major_that_sysfs_does_not_know_is_on_the_deny_list(
     assert verdict(scan_of(host, "/dev/raw-scsi"), "/dev/raw-scsi") == (
         REFUSED,
         "built-in deny list",
-        "built-in deny list: passthrough node character device 21:9 is not in sysfs "
-        "(no 21:9 among the scsi_generic, bsg, nvme-generic or nvme devices): "
+        "built-in deny list: passthrough node character device 21:9: sysfs does not trace "
+        "21:9 to a scsi_generic, bsg, nvme-generic or nvme device: "
         "cannot tell which disk it reaches",
     )
 
@@ -382,3 +382,35 @@ def test_the_scan_command_refuses_an_sg_node_whose_disk_is_mounted_naming_the_di
         "in use: SCSI generic sg3 reaches /dev/sdd (mounted at /var/lib/containers)"
     )
     assert "0 device IDs would be advertised" in done.stdout
+
+
+def test_a_node_named_like_a_passthrough_node_is_what_sysfs_says_it_is(
+    host: FakeHost, kernel: KernelSysfs
+) -> None:
+    """A misc device someone named /dev/sg4 is not taken for an sg node; one whose class
+    sysfs does not say, under such a name, is refused."""
+    misc = host.sys / "devices/virtual/misc/accel"
+    misc.mkdir(parents=True)
+    (misc / "dev").write_text("10:99\n")
+    (host.sys / "class/misc").mkdir(parents=True)
+    (misc / "subsystem").symlink_to("../../../../class/misc")
+    (host.sys / "dev/char").mkdir(parents=True, exist_ok=True)
+    (host.sys / "dev/char/10:99").symlink_to("../../devices/virtual/misc/accel")
+    host.char_node("/dev/sg4", (10, 99))
+    assert [c.host_path for c in scan_of(host, "/dev/sg4").advertised()] == ["/dev/sg4"]
+
+    (misc / "subsystem").unlink()
+    assert verdict(scan_of(host, "/dev/sg4"), "/dev/sg4")[:2] == (REFUSED, "built-in deny list")
+
+
+def test_an_sg_node_found_through_the_class_listing_without_a_subsystem_link(
+    host: FakeHost, kernel: KernelSysfs
+) -> None:
+    device = kernel.scsi_disk("0:0:0:0", "sda", (8, 0))
+    kernel.sg(device, "sg0", 0)
+    (device / "scsi_generic/sg0/subsystem").unlink()
+    host.mount("/dev/sda", "/")
+    assert verdict(scan_of(host, "/dev/sg0"), "/dev/sg0")[1:] == (
+        "in use",
+        "in use: SCSI generic sg0 reaches /dev/sda (mounted at /)",
+    )
