@@ -39,8 +39,13 @@ Units: what the kubelet sees.
 - ``grant-mode: all`` (IBM semantics, the default): each unit grants every
   healthy selected device. ``upper-limit`` is the number of units (how many
   containers may hold the device set at once); the default is one unit per
-  *healthy* device. With no healthy device there are no units at all (fail
-  closed: there is nothing to grant). Unit IDs are ``set-<k>``.
+  selected device. Unit IDs are ``set-<k>``. Health follows the kubelet's
+  convention, capacity kept and allocatable lowered: an unhealthy device turns
+  units ``Unhealthy`` instead of dropping them. With the default, as many units
+  are ``Healthy`` as devices are (``set-0`` first), the rest ``Unhealthy``; with
+  ``upper-limit``, every unit is ``Healthy`` while one device is. With no healthy
+  device every unit is ``Unhealthy`` and refused (fail closed: there is nothing
+  to grant).
 
 Bounds. No snapshot has more than ``MAX_UNITS`` units, whatever it is given:
 per-device mode lowers the units per device to fit (and advertises nothing if
@@ -438,12 +443,38 @@ def units_per_device(config: PluginConfig) -> int:
     return config.upper_limit or 1
 
 
-def set_units(config: PluginConfig, healthy_count: int) -> int:
-    """all mode: how many containers may hold the device set at once (none when no
-    device is healthy: there is nothing to grant)."""
+def set_units(config: PluginConfig, device_count: int) -> int:
+    """all mode: how many containers may hold the device set at once, counting every
+    selected device, healthy or not (none when nothing is selected)."""
+    if device_count == 0:
+        return 0
+    return config.upper_limit or device_count
+
+
+def healthy_set_units(config: PluginConfig, units: int, healthy_count: int) -> int:
+    """all mode: how many of the ``units`` are Healthy: none without a healthy device;
+    with the default upper-limit one per healthy device; else all of them."""
     if healthy_count == 0:
         return 0
-    return config.upper_limit or healthy_count
+    return units if config.upper_limit else min(units, healthy_count)
+
+
+# At most this many devices named in an all-mode unit's problem.
+_MAX_PROBLEMS_SHOWN = 3
+
+
+def _set_problem(records: Sequence[DeviceRecord], healthy_count: int) -> str:
+    """Why an all-mode unit is Unhealthy: how many devices are, naming the first few."""
+    unhealthy = [r for r in records if r.problem]
+    shown = "; ".join(f"{r.host_path}: {r.problem}" for r in unhealthy[:_MAX_PROBLEMS_SHOWN])
+    if len(unhealthy) > _MAX_PROBLEMS_SHOWN:
+        shown += f"; and {len(unhealthy) - _MAX_PROBLEMS_SHOWN} more"
+    if healthy_count == 0:
+        return f"no selected device is healthy ({shown})"
+    return (
+        f"{healthy_count} of {len(records)} selected devices healthy: "
+        f"one Healthy unit per healthy device ({shown})"
+    )
 
 
 # Capacity messages multiply with the multiplication sign, as people write it.
@@ -464,7 +495,7 @@ def capacity_problem(config: PluginConfig, device_count: int) -> str | None:
         if config.upper_limit:
             return f"upper-limit: {units} units, over the cap of {MAX_UNITS}"
         return (
-            f"upper-limit: unset (1 unit per healthy device) {_TIMES} "
+            f"upper-limit: unset (1 unit per device) {_TIMES} "
             f"{_plural(device_count, 'device')} = {units} units, over the cap of {MAX_UNITS}"
         )
     per_device = units_per_device(config)
@@ -506,16 +537,19 @@ def build_snapshot(
     capped = ""
     if config.grant_mode == GRANT_ALL:
         set_numa = whole_set_numa_nodes(healthy)
-        units = set_units(config, len(healthy))
-        problem = capacity_problem(config, len(healthy))
+        units = set_units(config, len(records))
+        problem = capacity_problem(config, len(records))
         if problem is not None:
             units = MAX_UNITS
             capped = f"{problem}; advertising {MAX_UNITS} units"
+        healthy_units = healthy_set_units(config, units, len(healthy))
+        set_problem = _set_problem(records, len(healthy)) if healthy_units < units else ""
         for k in range(units):
             unit_id = f"{ALL_MODE_UNIT_PREFIX}{k}"
-            devices.append(AdvertisedDevice(unit_id, HEALTHY, set_numa))
+            why = "" if k < healthy_units else set_problem
+            devices.append(AdvertisedDevice(unit_id, UNHEALTHY if why else HEALTHY, set_numa))
             unit_source[unit_id] = _WHOLE_SET
-            unit_problem[unit_id] = ""
+            unit_problem[unit_id] = why
     else:
         per_device = units_per_device(config)
         problem = capacity_problem(config, len(records))

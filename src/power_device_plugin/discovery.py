@@ -33,8 +33,16 @@ Each found path is judged by these rules, first match wins:
    ``host_use``), or any block device when the host's use cannot be read: refused;
 6. a character device found by a glob: refused (character devices only when
    named exactly, or ``nx-gzip``);
-7. a device already advertised under another name: excluded;
-8. otherwise advertised, with its identity and any health problem from sysfs.
+7. a passthrough character node named exactly (``/dev/sg*``, ``/dev/bsg/*``,
+   ``/dev/ng*n*``, ``/dev/nvme*``; ``host_use.trace_passthrough``): refused by the
+   deny list when it reaches a controller or not exactly one disk, refused as in
+   use when its disk is (or when the host's use cannot be read);
+8. a device already advertised under another name: excluded;
+9. otherwise advertised, with its identity and any health problem from sysfs
+   (a passthrough node's come from its disk).
+
+Only passthrough candidates cost sysfs reads beyond the block devices' own: a few
+for each character device named exactly in ``include-devices``.
 
 The scan never raises for what it finds on the trees: every filesystem race is a
 refused candidate.
@@ -55,9 +63,11 @@ from .host_use import (
     DENY_LIST,
     DeviceNumber,
     HostUse,
+    PassthroughTarget,
     denied_char_device,
     denied_reason,
     host_glob_match,
+    trace_passthrough,
 )
 from .small_files import list_dir as _list_dir
 from .small_files import read_text
@@ -486,6 +496,8 @@ class _Looked:
     inspection: _Inspection
     names: tuple[str, ...]  # its own other names: sysfs aliases and link target
     sysfs: _BlockDevice | None
+    # What a character node named exactly reaches when it is a passthrough node.
+    passthrough: PassthroughTarget | None = None
 
     @property
     def key(self) -> _DeviceKey | None:
@@ -531,6 +543,7 @@ def _look(
     inspection: _Inspection,
     dev_root_real: str,
     sysfs_index: _SysfsIndex,
+    sys_root: Path,
 ) -> _Looked:
     real_host_path = ""
     if inspection.real_path:
@@ -546,7 +559,16 @@ def _look(
     if sysfs is not None:
         names.extend((sysfs.host_path, *sysfs.aliases))
     own = tuple(dict.fromkeys(n for n in names if n != item.host_path))
-    return _Looked(item, inspection, own, sysfs)
+    passthrough = None
+    if (
+        inspection.kind == KIND_CHAR
+        and inspection.rdev is not None
+        and item.source == SOURCE_INCLUDE
+        and not glob.has_magic(item.pattern)
+    ):
+        # Only a character node named exactly can be advertised: only those are traced.
+        passthrough = trace_passthrough(sys_root, inspection.rdev, (item.host_path, *own))
+    return _Looked(item, inspection, own, sysfs, passthrough)
 
 
 def scan(
@@ -572,7 +594,13 @@ def scan(
     sysfs_index = _SysfsIndex(sys_root, blocks)
     real_dirs = _RealDirs()
     looked = [
-        _look(item, inspect_node(item.path, root, root_real, real_dirs), root_real, sysfs_index)
+        _look(
+            item,
+            inspect_node(item.path, root, root_real, real_dirs),
+            root_real,
+            sysfs_index,
+            sys_root,
+        )
         for item in _found_things(config, root, blocks or [])
     ]
     # Every name seen reaching each device, so excludes and the deny list see them all.
@@ -597,6 +625,12 @@ def scan(
                 identity = sysfs_identity(one.sysfs.entry, dm_uuid)
                 problem = sysfs_problem(one.sysfs.entry, one.sysfs.disk_entry, dm_uuid)
                 numa_nodes = sysfs_numa_nodes(one.sysfs.entry, one.sysfs.disk_entry)
+            elif one.passthrough is not None:
+                # A passthrough node is as fit for use as its disk, and names it.
+                disk_dir = one.passthrough.disk_dir
+                identity = sysfs_identity(disk_dir)
+                problem = sysfs_problem(disk_dir, disk_dir)
+                numa_nodes = sysfs_numa_nodes(disk_dir, disk_dir)
         candidates.append(
             Candidate(
                 path=item.path,
@@ -663,6 +697,13 @@ def _judge(
                 f"character device matched by the glob {item.pattern}; name it exactly "
                 "in include-devices to grant it",
             )
+        passthrough = one.passthrough
+        if passthrough is not None:
+            if passthrough.refusal:
+                return REFUSED, RULE_DENY_LIST, f"{RULE_DENY_LIST}: {passthrough.refusal}"
+            in_use = passthrough.in_use(host_use)
+            if in_use is not None:
+                return REFUSED, RULE_IN_USE, in_use
     assert one.key is not None  # a usable device node has a number
     if one.key in claimed:
         return EXCLUDED, item.rule, f"same device as {claimed[one.key]}"

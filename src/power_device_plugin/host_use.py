@@ -42,14 +42,19 @@ Limits (what this guard does not see):
 - Devices the host uses without mounting or swapping: raw devices opened by a
   host process (databases, iSCSI/NVMe-oF targets, Ceph OSDs), inactive LVM
   physical volumes, loop devices' backing files beyond their mounted file system.
-- Pass-through nodes reaching a host disk by another name (``/dev/sg*``,
-  ``/dev/bsg/*``, NVMe controller nodes ``/dev/nvme0``, ``/dev/ng*``) are not
-  mapped to the disk they reach.
+- A pass-through node reaches the host's disk by another name. Those with a
+  sysfs class of their own are traced (:func:`trace_passthrough`): ``/dev/sg*``,
+  ``/dev/bsg/*`` and NVMe generic nodes ``/dev/ng*n*`` to their one disk, which
+  decides; NVMe controller nodes ``/dev/nvme0`` and anything not traced to exactly
+  one disk are refused. Other character devices that can reach a disk (a vendor's
+  own passthrough driver) are not known here: name them exactly only when sure.
 
 **Built-in deny list** (:func:`denied_reason`, :func:`denied_char_device`): host
 device nodes that no config can grant, because they reach kernel memory,
 hardware registers, the host's consoles, virtualisation, firmware or kernel
-control interfaces. See :data:`DENY_LIST`.
+control interfaces. See :data:`DENY_LIST`. NVMe controller nodes and passthrough
+nodes not traced to exactly one disk are refused by it too, by their sysfs class
+(:func:`trace_passthrough`), whatever their name.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -501,6 +507,162 @@ def read_host_use(proc_root: Path, sys_root: Path) -> HostUse:
     return HostUse(in_use, swap_error)
 
 
+# --- passthrough character nodes: the disk each one reaches ------------------------------
+
+# Character interfaces that send commands straight to a storage device, by sysfs class.
+SCSI_GENERIC_CLASS = "scsi_generic"  # /dev/sgN: SCSI commands to one SCSI device
+BSG_CLASS = "bsg"  # /dev/bsg/H:C:T:L (or a transport's host): SG_IO v4
+NVME_GENERIC_CLASS = "nvme-generic"  # /dev/ngXnY: NVMe I/O commands to one namespace
+NVME_CLASS = "nvme"  # /dev/nvmeX: the controller (admin commands, every namespace)
+PASSTHROUGH_CLASSES = (SCSI_GENERIC_CLASS, BSG_CLASS, NVME_GENERIC_CLASS, NVME_CLASS)
+# The sg driver's character major is fixed (Documentation/admin-guide/devices.txt).
+SCSI_GENERIC_MAJOR = 21
+# Host names udev gives these nodes: a node by one of them that sysfs does not trace
+# is refused, not taken for an ordinary character device.
+_PASSTHROUGH_NAME = re.compile(r"/dev/(sg[0-9]+|bsg/.+|ng[0-9]+n[0-9]+|nvme[0-9]+)")
+_NVME_GENERIC_NAME = re.compile(r"ng([0-9]+)n([0-9]+)")
+_NVME_NAMESPACE_NAME = re.compile(r"nvme[0-9]+(c[0-9]+)?n[0-9]+")
+_LABELS = {
+    SCSI_GENERIC_CLASS: "SCSI generic",
+    BSG_CLASS: "bsg",
+    NVME_GENERIC_CLASS: "NVMe generic",
+    NVME_CLASS: "NVMe controller",
+}
+# At most this many names in one reason (a controller may have hundreds of namespaces).
+_MAX_NAMES_SHOWN = 4
+
+
+@dataclass(frozen=True)
+class PassthroughTarget:
+    """What a passthrough character node reaches: exactly one disk, or a refusal."""
+
+    node: str  # "SCSI generic sg0", "bsg 0:0:0:0", "NVMe generic ng0n1", "NVMe controller nvme0"
+    disk: str = ""  # kernel name of the one disk it reaches ("sda", "nvme0n1")
+    disk_rdev: DeviceNumber | None = None
+    disk_dir: str = ""  # the disk's sysfs directory (its health and identity are read there)
+    # Why no config may grant it (a controller, or not traced to exactly one disk);
+    # "" when it reaches one disk.
+    refusal: str = ""
+
+    def in_use(self, host_use: HostUse) -> str | None:
+        """Why the host's use of its disk refuses it ("in use: ... reaches /dev/sda
+        (mounted at /)"), or the host use error (fail closed); None when the disk is free."""
+        if host_use.error:
+            return f"cannot tell whether the host uses its disk: {host_use.error}"
+        reason = host_use.reason_for(self.disk_rdev)
+        if reason is None:
+            return None
+        return f"in use: {self.node} reaches /dev/{_shown(self.disk)} ({reason})"
+
+
+def _names_shown(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES_SHOWN])
+    if len(names) > _MAX_NAMES_SHOWN:
+        shown += f" and {len(names) - _MAX_NAMES_SHOWN} more"
+    return shown
+
+
+def _class_device_dir(root: str, rdev: DeviceNumber) -> tuple[str, str] | None:
+    """(sysfs directory, class) of a character device by number, through
+    ``<sys-root>/dev/char/M:m``: the class from its ``subsystem`` link, else from the
+    passthrough classes' listings, else ""; None when sysfs does not know the number."""
+    device_dir = os.path.realpath(os.path.join(root, "dev", "char", f"{rdev[0]}:{rdev[1]}"))
+    if not _is_dir(device_dir):
+        return None
+    subsystem = os.path.join(device_dir, "subsystem")
+    if os.path.islink(subsystem):
+        return device_dir, os.path.basename(os.path.realpath(subsystem))
+    name = os.path.basename(device_dir)
+    for cls in PASSTHROUGH_CLASSES:
+        if os.path.realpath(os.path.join(root, "class", cls, name)) == device_dir:
+            return device_dir, cls
+    return device_dir, ""
+
+
+def _disk_of_scsi_node(label: str, device_dir: str) -> PassthroughTarget:
+    """sg and bsg: the class device's ``device`` is the SCSI device, whose ``block/``
+    names its disk (a tape, an enclosure or a SCSI host has none)."""
+    device_link = os.path.join(device_dir, "device")
+    scsi_device = os.path.realpath(device_link)
+    if not os.path.islink(device_link) or not _is_dir(scsi_device):
+        return PassthroughTarget(label, refusal=f"{label} has no device in sysfs")
+    reached = os.path.basename(scsi_device)
+    disks = _list_dir(os.path.join(scsi_device, "block"))
+    if len(disks) != 1:
+        what = "no disk" if not disks else f"{len(disks)} disks ({_names_shown(disks)})"
+        return PassthroughTarget(
+            label, refusal=f"{label} reaches {reached}, which has {what}: not one disk to check"
+        )
+    disk_dir = os.path.realpath(os.path.join(scsi_device, "block", disks[0]))
+    return _disk_target(label, disks[0], disk_dir)
+
+
+def _disk_target(label: str, disk: str, disk_dir: str) -> PassthroughTarget:
+    disk_rdev = _rdev_in(disk_dir)
+    if disk_rdev is None:
+        refusal = f"{label} reaches {disk}, which has no device number in sysfs"
+        return PassthroughTarget(label, refusal=refusal)
+    return PassthroughTarget(label, disk, disk_rdev, disk_dir)
+
+
+def _namespace_of_generic_node(label: str, device_dir: str) -> PassthroughTarget:
+    """ngXnY: the namespace's block device nvmeXnY sits beside it in sysfs (under its
+    controller, or under the subsystem for a multipath head)."""
+    match = _NVME_GENERIC_NAME.fullmatch(os.path.basename(device_dir))
+    disk = f"nvme{match.group(1)}n{match.group(2)}" if match else ""
+    disk_dir = os.path.join(os.path.dirname(device_dir), disk)
+    if not disk or not _is_dir(disk_dir):
+        return PassthroughTarget(
+            label, refusal=f"{label}: no namespace block device beside it in sysfs"
+        )
+    return _disk_target(label, disk, os.path.realpath(disk_dir))
+
+
+def _controller(label: str, device_dir: str) -> PassthroughTarget:
+    namespaces = [n for n in _list_dir(device_dir) if _NVME_NAMESPACE_NAME.fullmatch(n)]
+    behind = _names_shown(namespaces) if namespaces else "none now"
+    return PassthroughTarget(
+        label,
+        refusal=f"{label} reaches the controller and every namespace behind it ({behind})",
+    )
+
+
+def trace_passthrough(
+    sys_root: Path, rdev: DeviceNumber, host_paths: Iterable[str]
+) -> PassthroughTarget | None:
+    """The disk a passthrough character node reaches, from its number through sysfs:
+
+    - ``/dev/sgN`` (``scsi_generic``) and ``/dev/bsg/*`` (``bsg``): the class device's
+      ``device`` (the SCSI device), whose ``block/`` holds the disk;
+    - ``/dev/ngXnY`` (``nvme-generic``): the namespace's block device ``nvmeXnY`` beside it;
+    - ``/dev/nvmeX`` (``nvme``): a controller, which reaches every namespace: refused.
+
+    A node reaching anything but exactly one disk is refused (fail closed), as is one
+    that sysfs does not know while its number (sg's major) or one of its ``host_paths``
+    says it is such a node. None for any other character device (read: no sysfs at all)."""
+    root = str(sys_root)
+    device_dir, cls = _class_device_dir(root, rdev) or ("", "")
+    if cls not in PASSTHROUGH_CLASSES:
+        if cls and rdev[0] != SCSI_GENERIC_MAJOR:
+            return None  # sysfs says it is a device of another kind
+        looks_like = [p for p in host_paths if _PASSTHROUGH_NAME.fullmatch(posixpath.normpath(p))]
+        if rdev[0] != SCSI_GENERIC_MAJOR and not looks_like:
+            return None
+        shown = looks_like[0] if looks_like else f"character device {rdev[0]}:{rdev[1]}"
+        label = f"passthrough node {shown}"
+        return PassthroughTarget(
+            label,
+            refusal=f"{label}: sysfs does not trace {rdev[0]}:{rdev[1]} to a scsi_generic, bsg, "
+            "nvme-generic or nvme device: cannot tell which disk it reaches",
+        )
+    label = f"{_LABELS[cls]} {os.path.basename(device_dir)}"
+    if cls in (SCSI_GENERIC_CLASS, BSG_CLASS):
+        return _disk_of_scsi_node(label, device_dir)
+    if cls == NVME_GENERIC_CLASS:
+        return _namespace_of_generic_node(label, device_dir)
+    return _controller(label, device_dir)
+
+
 # --- the built-in deny list ---------------------------------------------------------------
 
 # Host paths (glob, ``*`` never crosses ``/``) that no config can grant, with why.
@@ -528,6 +690,7 @@ DENY_LIST: tuple[tuple[str, str], ...] = (
     ("/dev/hmcdrv", "IBM Z HMC drive"),
     # Kernel control interfaces for devices and file systems.
     ("/dev/mapper/control", "device-mapper control (all dm devices)"),
+    ("/dev/nvme-fabrics", "NVMe over Fabrics control (connects the host to remote storage)"),
     ("/dev/loop-control", "loop device control"),
     ("/dev/btrfs-control", "btrfs control"),
     ("/dev/ublk-control", "ublk control"),

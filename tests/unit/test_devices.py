@@ -212,17 +212,20 @@ def test_all_mode_upper_limit_is_the_number_of_units(host: FakeHost) -> None:
     assert ids(state.current()) == [f"set-{k}" for k in range(5)]
 
 
-def test_all_mode_has_no_units_when_every_device_is_gone(host: FakeHost) -> None:
+def test_all_mode_keeps_its_units_unhealthy_when_every_device_is_gone(host: FakeHost) -> None:
     host.disk("sda")
     state = DeviceState()
     refresh(state, host, config_of(upper_limit=2))
     host.remove_disk("sda")
     assert refresh(state, host, config_of(upper_limit=2)) is True
-    assert state.current().devices == ()
+    assert health_by_id(state.current()) == {"set-0": UNHEALTHY, "set-1": UNHEALTHY}
     assert state.current().health_counts() == {HEALTHY: 0, UNHEALTHY: 1}
     with pytest.raises(AllocationError) as caught:
         state.current().allocate(["set-0"])
-    assert caught.value.code == "unknown"
+    assert caught.value.code == "unhealthy"
+    assert str(caught.value) == (
+        "device ID 'set-0' is Unhealthy: no selected device is healthy (/dev/sda: vanished)"
+    )
 
 
 def test_a_new_state_advertises_no_units() -> None:
@@ -437,7 +440,8 @@ def test_all_mode_grants_a_reused_name_once_for_its_present_device() -> None:
     state.update(scan_of(candidate("/dev/dm-3", UUID_A)), config_of())
     state.update(scan_of(candidate("/dev/dm-3", UUID_B)), config_of())
     snapshot = state.current()
-    assert ids(snapshot) == ["set-0"]
+    # The old LUN's record stays (vanished) until its time is up: capacity kept, one unit less.
+    assert health_by_id(snapshot) == {"set-0": HEALTHY, "set-1": UNHEALTHY}
     assert granted_paths(snapshot, ["set-0"]) == ["/dev/dm-3"]
 
 
@@ -493,7 +497,7 @@ def test_health_counts_count_devices_by_health() -> None:
     assert state.current().health_counts() == {HEALTHY: 1, UNHEALTHY: 2}
 
 
-def test_all_mode_default_units_count_healthy_devices_and_grant_only_them() -> None:
+def test_all_mode_default_units_keep_capacity_and_only_healthy_devices_count_as_healthy() -> None:
     state = DeviceState(clock=FakeClock())
     result = scan_of(
         candidate("/dev/sda"),
@@ -502,17 +506,78 @@ def test_all_mode_default_units_count_healthy_devices_and_grant_only_them() -> N
     )
     state.update(result, config_of())
     snapshot = state.current()
-    assert ids(snapshot) == ["set-0", "set-1"]
-    assert set(health_by_id(snapshot).values()) == {HEALTHY}
+    assert health_by_id(snapshot) == {"set-0": HEALTHY, "set-1": HEALTHY, "set-2": UNHEALTHY}
     assert granted_paths(snapshot, ["set-1"]) == ["/dev/sda", "/dev/sdc"]
+    with pytest.raises(AllocationError) as caught:
+        snapshot.allocate(["set-0", "set-2"])
+    assert (caught.value.code, caught.value.device_id) == ("unhealthy", "set-2")
+    assert str(caught.value) == (
+        "device ID 'set-2' is Unhealthy: 2 of 3 selected devices healthy: one Healthy unit "
+        "per healthy device (/dev/sdb: no live multipath path)"
+    )
+    assert snapshot.preferred(["set-2", "set-1", "set-0"], [], 2) == ["set-1", "set-0"]
 
 
-@pytest.mark.parametrize("upper_limit", [None, 3])
-def test_all_mode_has_no_units_when_no_device_is_healthy(upper_limit: int | None) -> None:
+def test_all_mode_with_an_upper_limit_keeps_every_unit_healthy_while_one_device_is() -> None:
     state = DeviceState(clock=FakeClock())
-    result = scan_of(candidate("/dev/sda", problem="size is 0"))
+    result = scan_of(candidate("/dev/sda", problem="size is 0"), candidate("/dev/sdb"))
+    state.update(result, config_of(upper_limit=4))
+    snapshot = state.current()
+    assert health_by_id(snapshot) == {f"set-{k}": HEALTHY for k in range(4)}
+    assert granted_paths(snapshot, ["set-3"]) == ["/dev/sdb"]
+
+
+@pytest.mark.parametrize(("upper_limit", "units"), [(None, 2), (3, 3)])
+def test_all_mode_units_stay_listed_unhealthy_when_no_device_is_healthy(
+    upper_limit: int | None, units: int
+) -> None:
+    state = DeviceState(clock=FakeClock())
+    result = scan_of(
+        candidate("/dev/sda", problem="size is 0"),
+        candidate("/dev/sdb", problem="device/state is offline"),
+    )
     state.update(result, config_of(upper_limit=upper_limit))
-    assert state.current().devices == ()
+    snapshot = state.current()
+    assert health_by_id(snapshot) == {f"set-{k}": UNHEALTHY for k in range(units)}
+    assert snapshot.preferred(ids(snapshot), [], 1) == []
+    assert snapshot.cdi_spec_devices() == ()
+    with pytest.raises(AllocationError) as caught:
+        snapshot.allocate(["set-0"])
+    assert str(caught.value) == (
+        "device ID 'set-0' is Unhealthy: no selected device is healthy "
+        "(/dev/sda: size is 0; /dev/sdb: device/state is offline)"
+    )
+
+
+def test_all_mode_unit_health_follows_a_device_turning_unhealthy_and_back() -> None:
+    state = DeviceState(clock=FakeClock())
+    healthy = scan_of(candidate("/dev/sda"), candidate("/dev/sdb"))
+    offline = scan_of(candidate("/dev/sda"), candidate("/dev/sdb", problem="size is 0"))
+    state.update(healthy, config_of())
+    assert state.update(offline, config_of()) is True
+    assert health_by_id(state.current()) == {"set-0": HEALTHY, "set-1": UNHEALTHY}
+    assert state.update(healthy, config_of()) is True
+    assert health_by_id(state.current()) == {"set-0": HEALTHY, "set-1": HEALTHY}
+
+
+def test_an_all_mode_unit_names_at_most_three_unhealthy_devices() -> None:
+    records = records_for(5, problem="size is 0")
+    snapshot = build_snapshot(records, config_of())
+    with pytest.raises(AllocationError) as caught:
+        snapshot.allocate(["set-4"])
+    assert str(caught.value) == (
+        "device ID 'set-4' is Unhealthy: no selected device is healthy (/dev/d0: size is 0; "
+        "/dev/d1: size is 0; /dev/d2: size is 0; and 2 more)"
+    )
+
+
+def test_all_mode_units_past_the_cap_keep_the_healthy_ones_first() -> None:
+    records = [*records_for(MAX_UNITS + 5)]
+    records[0] = DeviceRecord(records[0].device_id, records[0].host_path, problem="size is 0")
+    snapshot = build_snapshot(records, config_of())
+    assert len(snapshot.devices) == MAX_UNITS
+    assert {d.health for d in snapshot.devices} == {HEALTHY}
+    assert len(snapshot.allocate(["set-9999"]).devices) == MAX_UNITS + 4
 
 
 # --- vanished devices expire --------------------------------------------------------------------
@@ -594,7 +659,7 @@ def test_capacity_problem_names_upper_limit_with_the_arithmetic() -> None:
         "over the cap of 10000"
     )
     assert capacity_problem(config_of(), 10_001) == (
-        f"upper-limit: unset (1 unit per healthy device) {TIMES} 10001 devices = 10001 units, "
+        f"upper-limit: unset (1 unit per device) {TIMES} 10001 devices = 10001 units, "
         "over the cap of 10000"
     )
 

@@ -249,8 +249,8 @@ def test_device_watcher_pushes_a_vanished_node_as_unhealthy(
     host.remove_disk("sdx")
     snapshot = subscription.wait(1.0)
     assert snapshot is not None
-    # all mode advertises healthy devices only: the vanished one is kept on record.
-    assert snapshot.devices == ()
+    # all mode keeps its unit, Unhealthy; the vanished device is kept on record.
+    assert [(d.id, d.health) for d in snapshot.devices] == [("set-0", "Unhealthy")]
     assert [(r.host_path, r.health) for r in snapshot.records] == [("/dev/sdx", "Unhealthy")]
 
 
