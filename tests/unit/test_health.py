@@ -300,22 +300,27 @@ def test_a_connection_that_stops_halfway_is_closed_after_the_timeout() -> None:
         assert _get_raw(server.port, "/readyz").status == 200
 
 
-def test_beyond_max_connections_a_new_one_gets_the_busy_reply_and_the_held_ones_still_work() -> (
-    None
-):
-    with _serving(max_connections=2, timeout=30.0) as server:
+def test_beyond_max_connections_the_oldest_idle_one_gets_the_busy_reply_and_the_new_one_is_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with _serving(max_connections=2, timeout=30.0, head_timeout=30.0) as server:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         try:
-            # Connections are accepted in the order they were made: the third is over.
-            assert _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n") == health.BUSY_REPLY
-            for connection in held:
-                connection.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            for i in range(3):
+                # Connections are accepted in the order they were made: the oldest goes.
+                assert _get_raw(server.port, "/healthz").status == 200
+                assert _read_to_close(held[i]) == health.BUSY_REPLY
+                held.append(socket.create_connection(("127.0.0.1", server.port)))
+            for connection in held[3:]:
+                connection.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
                 assert _parse(_read_to_close(connection)).status == 200
-            # Both slots are free again.
-            assert _get_raw(server.port, "/healthz").status == 200
         finally:
             for connection in held:
                 connection.close()
+    # Said once, not once per connection: an attack must not flood the log.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("health endpoint: closed 1 connection(s) to make room")
 
 
 def _raise() -> str | None:
@@ -371,6 +376,7 @@ def test_stop_closes_the_connections_still_open() -> None:
         Probes(not_ready=lambda: None),
         _Exposition(),  # type: ignore[arg-type]
         timeout=3600.0,
+        head_timeout=3600.0,
     )
     server.start()
     idle = socket.create_connection(("127.0.0.1", server.port))
