@@ -441,3 +441,41 @@ def test_an_encoded_reply_has_its_status_line_headers_and_body() -> None:
         b"\r\n"
         b"no\n"
     )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: kube-probe/1.32\r\n"
+        b"Accept: */*\r\nConnection: close\r\n\r\n",
+        b"\r\nHEAD http://node.example:8080/metrics?name=x HTTP/1.0\r\n\r\n",
+        b"\nGET /readyz HTTP/1.1\nHost: x\n\n",
+    ],
+)
+def test_no_start_of_a_valid_head_is_refused_and_the_whole_head_is_the_request(
+    head: bytes,
+) -> None:
+    # A client may send its head a byte at a time: no prefix may earn an early 400.
+    for length in range(len(head)):
+        assert health.read_head(head[:length]) is None, head[:length]
+    request = health.read_head(head)
+    assert isinstance(request, health.Request)
+    assert request.method in ("GET", "HEAD")
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/healthz", "/healthz"),
+        ("/metrics?name=x", "/metrics"),
+        ("http://node:8080/healthz", "/healthz"),
+        ("HTTPS://node/readyz?x=1", "/readyz"),
+        ("http://[::1]:8080/metrics", "/metrics"),
+        ("http://node", "/"),
+        ("http://node?x", "/"),
+        ("http://node//healthz", "//healthz"),
+        ("ftp://node/healthz", "ftp://node/healthz"),
+    ],
+)
+def test_the_path_of_origin_and_absolute_form_targets(target: str, path: str) -> None:
+    assert health.Request("GET", target).path == path
