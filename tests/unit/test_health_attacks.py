@@ -6,6 +6,7 @@ absolute form and a leading empty line are accepted as RFC 9112 says. Real socke
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -30,16 +31,19 @@ PROBE_DEADLINE_SECONDS = 1.0
 
 
 class _Exposition:
+    def __init__(self, text: bytes = b"pdp_example 1\n") -> None:
+        self.text = text
+
     def exposition(self) -> bytes:
-        return b"pdp_example 1\n"
+        return self.text
 
 
 @contextmanager
-def _serving(**bounds: float) -> Iterator[HealthServer]:
+def _serving(metrics: _Exposition | None = None, **bounds: float) -> Iterator[HealthServer]:
     server = HealthServer(
         parse_listen(f"{LOOPBACK}:0"),
         Probes(not_ready=lambda: None),
-        _Exposition(),  # type: ignore[arg-type]
+        metrics or _Exposition(),  # type: ignore[arg-type]
         **bounds,  # type: ignore[arg-type]
     )
     server.start()
@@ -244,3 +248,34 @@ def test_a_full_table_makes_room_for_a_probe_by_closing_its_oldest_slow_connecti
         finally:
             for connection in slow:
                 connection.close()
+
+
+def _slow_reader(port: int) -> socket.socket:
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.settimeout(5)
+    connection.connect((LOOPBACK, port))
+    connection.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+    return connection
+
+
+def test_when_every_slot_holds_a_reply_nobody_reads_the_oldest_makes_room_for_a_probe() -> None:
+    # A reply larger than the kernel's buffers: the server holds it until it is read.
+    body = b"pdp_padding 1\n" * (1 << 20)
+    with _serving(_Exposition(body), max_connections=2, timeout=30.0) as server:
+        readers = [_slow_reader(server.port) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both requests read and their replies started
+            assert probe(server.port).status == 200
+            taken = []
+            for reader in readers:
+                chunks = []
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := reader.recv(1 << 16):
+                        chunks.append(chunk)
+                taken.append(b"".join(chunks).partition(b"\r\n\r\n")[2])
+            assert len(taken[0]) < len(body)  # the oldest was cut off
+            assert taken[1] == body  # the younger one kept its slot and got it all
+        finally:
+            for reader in readers:
+                reader.close()
