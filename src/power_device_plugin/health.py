@@ -11,7 +11,8 @@ the plugin when its probes fail, so a probe must get its answer whatever other
 clients do. The bounds, and why each:
 
 - At most `MAX_CONNECTIONS` (32) connections are held: file descriptors and
-  buffers stay bounded (32 sockets, at most ~12 KiB of buffer each).
+  buffers stay bounded (32 sockets, each with at most ~12 KiB of request and one
+  reply).
 - When the table is full, a new connection is never refused: the oldest held
   connection that has not yet sent a complete request head is closed to make
   room (it gets `BUSY_REPLY`, 503, on a best-effort basis); if every held
@@ -548,7 +549,7 @@ class HealthServer:
             log.warning(
                 "health endpoint: closed %d connection(s) to make room for new ones "
                 "(at most %d are held); clients are holding connections open without "
-                "sending a request",
+                "completing a request or reading its reply",
                 self._evicted,
                 self._max_connections,
             )
