@@ -2,6 +2,7 @@
 
     python bench/probe_attack.py                       # N = 8, 16, 100, 1000
     python bench/probe_attack.py --attackers 100 --probes 100
+    python bench/probe_attack.py --attackers 3000 --processes 3   # 3 attacking processes
     python bench/probe_attack.py --src /tmp/old/src    # another tree's endpoint
     python bench/probe_attack.py --json                # one JSON line only
 
@@ -24,6 +25,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,19 +66,21 @@ class Result:
     server_cpu_pct: float
 
 
-def run(attackers: int, probes: int, src: Path) -> Result:
-    with serving_process(src) as served:
+def run(attackers: int, probes: int, src: Path, processes: int = 1) -> Result:
+    with serving_process(src) as served, ExitStack() as attacks:
         probe(served.port)
         before = process_stats(served.pid)
-        with attacking(served.port, attackers):
-            time.sleep(1.0)
-            cpu_start, wall_start = _cpu_seconds(served.pid), time.monotonic()
-            answers, samples = [], []
-            for _ in range(probes):
-                answers.append(probe(served.port))
-                samples.append(process_stats(served.pid))
-                time.sleep(0.1)
-            cpu = (_cpu_seconds(served.pid) - cpu_start) / (time.monotonic() - wall_start)
+        for i in range(processes):
+            share = attackers // processes + (1 if i < attackers % processes else 0)
+            attacks.enter_context(attacking(served.port, share))
+        time.sleep(1.0)
+        cpu_start, wall_start = _cpu_seconds(served.pid), time.monotonic()
+        answers, samples = [], []
+        for _ in range(probes):
+            answers.append(probe(served.port))
+            samples.append(process_stats(served.pid))
+            time.sleep(0.1)
+        cpu = (_cpu_seconds(served.pid) - cpu_start) / (time.monotonic() - wall_start)
     seconds = [a.seconds for a in answers]
     return Result(
         attackers=attackers,
@@ -102,10 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attackers", type=int, nargs="+", default=[8, 16, 100, 1000])
     parser.add_argument("--probes", type=int, default=40, help="probes per N (0.1 s apart)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="attacking processes sharing each N"
+    )
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the tree to serve")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     args = parser.parse_args()
-    results = [run(n, args.probes, args.src) for n in args.attackers]
+    results = [run(n, args.probes, args.src, args.processes) for n in args.attackers]
     line = json.dumps([asdict(r) for r in results])
     if args.json:
         print(line)

@@ -28,10 +28,11 @@ clients do. The bounds, and why each:
   and accepts at most half the table: a connection accepted in one round has the
   whole next round to be read before newer ones could push it out. A connection
   is also read at once when accepted, so a head already sent is answered then.
-- The listen backlog is `_LISTEN_BACKLOG` (1024, capped by the kernel's
-  `net.core.somaxconn`): when the accept queue is full the kernel drops SYNs, and
-  a client retries a dropped SYN only after 1 s, which alone would break the
-  1 s answer under a flood of reconnecting clients.
+- The listen backlog is `_LISTEN_BACKLOG` (4096, as Go servers ask for; the
+  kernel caps it at `net.core.somaxconn`): when the accept queue is full the
+  kernel drops SYNs, and a client retries a dropped SYN only after 1 s, which
+  alone would break the 1 s answer under a flood of reconnecting clients. A
+  queued connection costs kernel memory, no descriptor of ours.
 - A head that cannot become a valid request is answered 400 as soon as it shows:
   the request line is checked byte by byte as it arrives (a TLS ClientHello's
   first byte 0x16, binary, a bare CR, a malformed method, target or version), so
@@ -121,9 +122,8 @@ SERVED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 
 # Connections the kernel may hold completed before the loop accepts them. A full queue
 # drops SYNs, which clients retry only after 1 s: keep it deeper than any flood we answer.
-# The kernel caps it at net.core.somaxconn (4096 by default); queued connections cost
-# kernel memory, no descriptor of ours.
-_LISTEN_BACKLOG = 1024
+# The kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4).
+_LISTEN_BACKLOG = 4096
 _RECV_BYTES = 4096
 # Closing connections to make room is logged at most this often.
 _EVICTION_LOG_SECONDS = 60.0
