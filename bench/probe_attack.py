@@ -3,6 +3,7 @@
     python bench/probe_attack.py                       # N = 8, 16, 100, 1000
     python bench/probe_attack.py --attackers 100 --probes 100
     python bench/probe_attack.py --attackers 3000 --processes 3   # 3 attacking processes
+    python bench/probe_attack.py --burst 8000          # each client holds ~8 KiB of head
     python bench/probe_attack.py --src /tmp/old/src    # another tree's endpoint
     python bench/probe_attack.py --json                # one JSON line only
 
@@ -66,13 +67,13 @@ class Result:
     server_cpu_pct: float
 
 
-def run(attackers: int, probes: int, src: Path, processes: int = 1) -> Result:
+def run(attackers: int, probes: int, src: Path, processes: int = 1, burst: int = 0) -> Result:
     with serving_process(src) as served, ExitStack() as attacks:
         probe(served.port)
         before = process_stats(served.pid)
         for i in range(processes):
             share = attackers // processes + (1 if i < attackers % processes else 0)
-            attacks.enter_context(attacking(served.port, share))
+            attacks.enter_context(attacking(served.port, share, burst=burst))
         time.sleep(1.0)
         cpu_start, wall_start = _cpu_seconds(served.pid), time.monotonic()
         answers, samples = [], []
@@ -109,10 +110,13 @@ def main() -> int:
     parser.add_argument(
         "--processes", type=int, default=1, help="attacking processes sharing each N"
     )
+    parser.add_argument(
+        "--burst", type=int, default=0, help="bytes of the head each client sends at once first"
+    )
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the tree to serve")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     args = parser.parse_args()
-    results = [run(n, args.probes, args.src, args.processes) for n in args.attackers]
+    results = [run(n, args.probes, args.src, args.processes, args.burst) for n in args.attackers]
     line = json.dumps([asdict(r) for r in results])
     if args.json:
         print(line)

@@ -10,9 +10,12 @@ The endpoint is reachable by anything on the pod network, and the kubelet restar
 the plugin when its probes fail, so a probe must get its answer whatever other
 clients do. The bounds, and why each:
 
-- At most `MAX_CONNECTIONS` (32) connections are held: file descriptors and
-  buffers stay bounded (32 sockets, each with at most ~12 KiB of request and one
-  reply).
+- At most `MAX_CONNECTIONS` (128) connections are held: file descriptors and
+  buffers stay bounded (128 sockets, each with at most ~12 KiB of request and one
+  reply: ~1.5 MiB at worst). 128 rather than a handful, because a slow client
+  that holds a slot costs nothing but its slot, while one closed to make room
+  connects again at once and queues ahead of the probes: up to 128 slow clients
+  sit in their slots until the head timeout and cost no CPU at all.
 - When the table is full, a new connection is never refused: the oldest held
   connection that has not yet sent a complete request head is closed to make
   room (it gets `BUSY_REPLY`, 503, on a best-effort basis); if every held
@@ -105,7 +108,8 @@ CONNECTION_TIMEOUT_SECONDS = 5.0
 # lost packets on a congested network, and is when a slow head's slot is taken back.
 HEAD_TIMEOUT_SECONDS = 2.0
 # Beyond this, the oldest connection without a complete request head makes room.
-MAX_CONNECTIONS = 32
+# Each costs a descriptor and at most ~12 KiB of buffers.
+MAX_CONNECTIONS = 128
 # A probe's head is a few hundred bytes; 8 KiB is the usual bound of HTTP servers.
 MAX_REQUEST_HEAD_BYTES = 8192
 # Both loops go round at least every few seconds (the longest wait is the kubelet

@@ -8,7 +8,9 @@ Shared by tests/unit/test_health_attacks.py (behaviour) and bench/probe_attack.p
   RSS are the endpoint's own; `process_stats` reads them from /proc.
 - `attacking` runs `main` below in another interpreter: ``count`` slowloris
   clients, each sending one byte of a request head a second that never ends, and
-  connecting again at once whenever the server closes it (the attack of issue 18).
+  connecting again at once whenever the server closes it (the attack of issue 18);
+  with ``burst``, each first sends that many bytes of the head at once, so the
+  server holds nearly its whole head bound per connection.
 - `probe` is a kubelet probe: connect, send the whole head, read to the close.
 """
 
@@ -93,10 +95,12 @@ def serving_process(src: Path = ROOT / "src") -> Iterator[Served]:
 
 
 @contextmanager
-def attacking(port: int, count: int, seconds: float = 60.0) -> Iterator[subprocess.Popen[str]]:
+def attacking(
+    port: int, count: int, seconds: float = 60.0, burst: int = 0
+) -> Iterator[subprocess.Popen[str]]:
     """``count`` slowloris clients against ``port`` until the block ends (or ``seconds``)."""
     process = subprocess.Popen(
-        [sys.executable, __file__, str(port), str(count), str(seconds)],
+        [sys.executable, __file__, str(port), str(count), str(seconds), str(burst)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -134,10 +138,12 @@ def probe(port: int, path: str = "/healthz", timeout: float = 10.0) -> Answer:
 
 
 class _Slowloris:
-    """``count`` connections, each sending one byte of `SLOW_HEAD` a second."""
+    """``count`` connections, each sending one byte of `SLOW_HEAD` a second (the first
+    ``burst`` bytes at once)."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, burst: int = 0) -> None:
         self.port = port
+        self.burst = burst
         self.selector = selectors.DefaultSelector()
         # socket -> [bytes sent, when the next byte is due]
         self.clients: dict[socket.socket, list[float]] = {}
@@ -178,9 +184,9 @@ class _Slowloris:
                 sent, due = int(state[0]), state[1]
                 if due > now:
                     continue
+                size = self.burst if sent == 0 and self.burst else 1
                 try:
-                    if sock.send(SLOW_HEAD[sent : sent + 1]) == 1:
-                        state[0] = sent + 1
+                    state[0] = sent + sock.send(SLOW_HEAD[sent : sent + size])
                 except (BlockingIOError, InterruptedError):
                     pass  # not connected yet: try again next second
                 except OSError:
@@ -190,12 +196,12 @@ class _Slowloris:
 
 
 def main(argv: list[str]) -> int:
-    port, count, seconds = int(argv[0]), int(argv[1]), float(argv[2])
+    port, count, seconds, burst = int(argv[0]), int(argv[1]), float(argv[2]), int(argv[3])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = count + 64
     if soft < want and (hard == resource.RLIM_INFINITY or hard >= want):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    attack = _Slowloris(port, count)
+    attack = _Slowloris(port, count, burst)
     print("connecting", flush=True)
     attack.run(seconds)
     print(f"connects {attack.connects}", flush=True)
