@@ -18,8 +18,9 @@ clients do. The bounds, and why each:
   sit in their slots until the head timeout and cost no CPU at all.
 - When the table is full, a new connection is never refused: the oldest held
   connection that has not yet sent a complete request head is closed to make
-  room (it gets `BUSY_REPLY`, 503, on a best-effort basis); if every held
-  connection is being answered, the oldest of those goes. A probe sends its whole
+  room; if every held connection is being answered, the oldest of those goes.
+  It is closed outright, with no 503 first: under a flood, writing that reply
+  and ending the connection gently were 60 % of the cost of each connection. A probe sends its whole
   head in one write right after connecting, so it is the newest connection and is
   answered before it could become the oldest; a slow or silent client is the one
   that pays. Refusing the newcomer instead (as this module did with 8 slots)
@@ -79,7 +80,6 @@ kubelet probe or a Prometheus scrape needs:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -116,11 +116,6 @@ MAX_REQUEST_HEAD_BYTES = 8192
 # registration backoff, 5 s, plus a 3 s Register timeout); a minute without a
 # round means a loop is stuck, and the kubelet should restart the container.
 STALL_SECONDS = 60.0
-# What a connection closed to make room for a newer one gets, when it still reads.
-BUSY_REPLY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
-)
 ALLOWED_METHODS = ("GET", "HEAD")
 SERVED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 
@@ -542,11 +537,7 @@ class HealthServer:
         victim = next((c for c in self._connections if c.outgoing is None), None)
         if victim is None:
             victim = next(iter(self._connections))
-        else:
-            # Best effort: a full buffer or a gone client is not worth waiting for.
-            with contextlib.suppress(OSError):
-                victim.sock.send(BUSY_REPLY)
-        self._close(selector, victim)
+        self._close(selector, victim, gently=False)
         self._evicted += 1
         now = time.monotonic()
         if now - self._eviction_logged >= _EVICTION_LOG_SECONDS:
@@ -614,9 +605,14 @@ class HealthServer:
                 log.debug("http connection closed: reply not taken within %.1fs", self._timeout)
             self._close(selector, connection)
 
-    def _close(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+    def _close(
+        self, selector: selectors.BaseSelector, connection: _Connection, gently: bool = True
+    ) -> None:
         if connection not in self._connections:
             return  # closed already
         del self._connections[connection]
         selector.unregister(connection.sock)
-        _close_gently(connection.sock)
+        if gently:
+            _close_gently(connection.sock)
+        else:
+            connection.sock.close()  # a reset, if it sent what we did not read: no matter
