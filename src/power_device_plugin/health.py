@@ -7,8 +7,8 @@ has been read, the plugin is registered with the kubelet and the kubelet holds
 a ListAndWatch stream open; otherwise its body says which is missing.
 
 The endpoint is reachable by anything on the pod network, and the kubelet restarts
-the plugin when its probes fail, so a probe must get its answer whatever other
-clients do. The bounds, and why each:
+the plugin when its probes fail, so a probe must get its answer while other
+clients hold connections open and take them again. The bounds, and why each:
 
 - At most `MAX_CONNECTIONS` (128) connections are held: file descriptors and
   buffers stay bounded (128 sockets, each with at most ~12 KiB of request and one
@@ -20,11 +20,11 @@ clients do. The bounds, and why each:
   connection that has not yet sent a complete request head is closed to make
   room; if every held connection is being answered, the oldest of those goes.
   It is closed outright, with no 503 first: under a flood, writing that reply
-  and ending the connection gently were 60 % of the cost of each connection. A probe sends its whole
-  head in one write right after connecting, so it is the newest connection and is
-  answered before it could become the oldest; a slow or silent client is the one
-  that pays. Refusing the newcomer instead (as this module did with 8 slots)
-  let 8 clients sending a byte a second fail every probe.
+  and ending the connection gently cost a third of the CPU of each connection.
+  A probe sends its whole head in one write right after connecting, so it is the
+  newest connection and is answered before it could become the oldest; a slow
+  or silent client is the one that pays. Refusing the newcomer instead (as this
+  module did with 8 slots) let 8 clients sending a byte a second fail every probe.
 - A connection has `HEAD_TIMEOUT_SECONDS` (2 s) from its accept to complete its
   request head, and `CONNECTION_TIMEOUT_SECONDS` (5 s) for the whole exchange
   (a slow reader of `/metrics`). Legitimate clients need milliseconds for both.
