@@ -6,26 +6,63 @@ device watcher has not made progress for `STALL_SECONDS`: each beats a
 has been read, the plugin is registered with the kubelet and the kubelet holds
 a ListAndWatch stream open; otherwise its body says which is missing.
 
-The endpoint is reachable by anything on the pod network, so it is bounded: a
-connection that has not sent its request and taken its reply within
-`CONNECTION_TIMEOUT_SECONDS` is closed, and beyond `MAX_CONNECTIONS` at once a
-connection gets `BUSY_REPLY` (503) and is closed.
+The endpoint is reachable by anything on the pod network, and the kubelet restarts
+the plugin when its probes fail, so a probe must get its answer while other
+clients hold connections open and take them again. The bounds, and why each:
+
+- At most `MAX_CONNECTIONS` (128) connections are held: file descriptors and
+  buffers stay bounded (128 sockets, each with at most ~12 KiB of request and one
+  reply: ~1.5 MiB at worst). 128 rather than a handful, because a slow client
+  that holds a slot costs nothing but its slot, while one closed to make room
+  connects again at once and queues ahead of the probes: up to 128 slow clients
+  sit in their slots until the head timeout and cost no CPU at all.
+- When the table is full, a new connection is never refused: the oldest held
+  connection that has not yet sent a complete request head is closed to make
+  room; if every held connection is being answered, the oldest of those goes.
+  It is closed outright, with no 503 first: under a flood, writing that reply
+  and ending the connection gently cost a third of the CPU of each connection.
+  A probe sends its whole head in one write right after connecting, so it is the
+  newest connection and is answered before it could become the oldest; a slow
+  or silent client is the one that pays. Refusing the newcomer instead (as this
+  module did with 8 slots) let 8 clients sending a byte a second fail every probe.
+- A connection has `HEAD_TIMEOUT_SECONDS` (2 s) from its accept to complete its
+  request head, and `CONNECTION_TIMEOUT_SECONDS` (5 s) for the whole exchange
+  (a slow reader of `/metrics`). Legitimate clients need milliseconds for both.
+- Each wake-up reads the connections that are ready before it accepts new ones,
+  and accepts at most half the table: a connection accepted in one round has the
+  whole next round to be read before newer ones could push it out. A connection
+  is also read at once when accepted, so a head already sent is answered then.
+- The listen backlog is `_LISTEN_BACKLOG` (4096, as Go servers ask for; the
+  kernel caps it at `net.core.somaxconn`): when the accept queue is full the
+  kernel drops SYNs, and a client retries a dropped SYN only after 1 s, which
+  alone would break the 1 s answer under a flood of reconnecting clients. A
+  queued connection costs kernel memory, no descriptor of ours.
+- A head that cannot become a valid request is answered 400 as soon as it shows:
+  the request line is checked byte by byte as it arrives (a TLS ClientHello's
+  first byte 0x16, binary, a bare CR, a malformed method, target or version), so
+  it holds no slot until a timeout.
 
 How it serves, and why. The standard library's ``http.server`` (with
 ``socketserver``, ``http.client`` and ``email``) costs 1.3 MiB of RSS and about
-18 ms of start-up, and a thread per connection, to answer three GET paths. This
-module answers them itself, from ONE daemon thread: a non-blocking selector
-loop over the listening socket, a wake pipe (`stop()` writes a byte to it) and
-at most ``max_connections`` client connections, each with a read buffer, a
-write buffer and a deadline (accept time + ``timeout``). It speaks a small
-subset of HTTP/1.1, which is all a kubelet probe or a Prometheus scrape needs:
+18 ms of start-up, and a thread per connection, to answer three GET paths (and a
+thread per connection is unbounded under attack). This module answers them
+itself, from ONE daemon thread: a non-blocking selector loop over the listening
+socket, a wake pipe (`stop()` writes a byte to it) and at most
+``max_connections`` client connections, each with a read buffer, a write buffer
+and a deadline. It speaks a small subset of HTTP/1.1 (RFC 9112), which is all a
+kubelet probe or a Prometheus scrape needs:
 
-- The request head is read up to its blank line, at most
-  `MAX_REQUEST_HEAD_BYTES` (beyond: 431). The request line must be
-  ``METHOD SP target SP HTTP/x.y`` (else 400); HTTP/1.0 and HTTP/1.1 only
-  (else 505); GET and HEAD only (else 405 with ``Allow: GET, HEAD``). Header
-  fields and request bodies are not looked at: no path depends on them. The
-  query string is ignored.
+- The request head is read up to its empty line, at most
+  `MAX_REQUEST_HEAD_BYTES` (beyond: 431). Lines end in CRLF or a bare LF (RFC
+  9112 section 2.2 allows a recipient to accept LF alone); a bare CR anywhere
+  is 400. One empty line before the request line is ignored (section 2.2); a
+  second one is 400. The request line must be ``METHOD SP target SP HTTP/x.y``
+  (else 400, answered as soon as the line ends, without waiting for the header
+  fields); HTTP/1.0 and HTTP/1.1 only (else 505); GET and HEAD only (else 405
+  with ``Allow: GET, HEAD``). The target is the origin form (``/healthz``) or
+  the absolute form (``http://host:port/healthz``, which section 3.2.2 says a
+  server must accept); its query string is ignored. Header fields and request
+  bodies are not looked at: no path depends on them.
 - Every reply carries Content-Type, Content-Length and ``Connection: close``,
   and the connection is closed once the reply is written. Without keep-alive a
   connection's whole life fits one deadline and the loop keeps no state per
@@ -37,6 +74,8 @@ subset of HTTP/1.1, which is all a kubelet probe or a Prometheus scrape needs:
   never longer than `SHUTDOWN_POLL_SECONDS` (the safety net of the stop flag);
   with no connection open, nothing but that safety net wakes it.
 - Requests are logged at debug level only: probes come every few seconds.
+  Connections closed to make room are logged as a warning at most once a minute,
+  with their count: someone is holding connections open without requests.
 """
 
 from __future__ import annotations
@@ -65,26 +104,28 @@ TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 SHUTDOWN_POLL_SECONDS = 5.0
 # A probe or a scrape is one short request; anything slower is a stuck or hostile client.
 CONNECTION_TIMEOUT_SECONDS = 5.0
-MAX_CONNECTIONS = 8
+# A client sends its request head in one write right after connecting; 2 s covers a few
+# lost packets on a congested network, and is when a slow head's slot is taken back.
+HEAD_TIMEOUT_SECONDS = 2.0
+# Beyond this, the oldest connection without a complete request head makes room.
+# Each costs a descriptor and at most ~12 KiB of buffers.
+MAX_CONNECTIONS = 128
 # A probe's head is a few hundred bytes; 8 KiB is the usual bound of HTTP servers.
 MAX_REQUEST_HEAD_BYTES = 8192
 # Both loops go round at least every few seconds (the longest wait is the kubelet
 # registration backoff, 5 s, plus a 3 s Register timeout); a minute without a
 # round means a loop is stuck, and the kubelet should restart the container.
 STALL_SECONDS = 60.0
-BUSY_REPLY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-    b"Content-Length: 32\r\nConnection: close\r\n\r\ntoo many connections, try again\n"
-)
 ALLOWED_METHODS = ("GET", "HEAD")
 SERVED_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 
-# Connections the kernel may hold completed before the loop accepts them.
-_LISTEN_BACKLOG = 16
-# Accepts per wake-up: a flood of connections cannot keep the loop from serving the rest.
-_ACCEPTS_PER_ROUND = 64
+# Connections the kernel may hold completed before the loop accepts them. A full queue
+# drops SYNs, which clients retry only after 1 s: keep it deeper than any flood we answer.
+# The kernel caps it at net.core.somaxconn (4096 by default since Linux 5.4).
+_LISTEN_BACKLOG = 4096
 _RECV_BYTES = 4096
-_HEAD_END = b"\r\n\r\n"
+# Closing connections to make room is logged at most this often.
+_EVICTION_LOG_SECONDS = 60.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -99,6 +140,18 @@ _REASONS = {
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[\x21-\x7e]+")
 _VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
+# What a request line may look like while it is still arriving: a start of
+# ``METHOD SP target SP HTTP/d.d``. Anything else can never become a request.
+_REQUEST_LINE_START = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+    rb"(?: (?:[\x21-\x7e]+"
+    rb"(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.[0-9]?)?)?)?)?)?)?)?)?)?)?)?"
+)
+# A CR not followed by LF (RFC 9112 section 2.2: the element is invalid). A CR that is
+# the last byte received so far may still be followed by its LF.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# The scheme and authority of an absolute-form target (RFC 9112 section 3.2.2).
+_ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -175,8 +228,15 @@ class Request:
 
     @property
     def path(self) -> str:
-        """The target without its query string."""
-        return self.target.split("?", 1)[0]
+        """The target's path: without its query string and, for the absolute form
+        (``http://host/healthz``), without its scheme and authority."""
+        target = self.target
+        absolute = _ABSOLUTE_FORM.match(target)
+        if absolute:
+            target = target[absolute.end() :]
+            if not target.startswith("/"):
+                target = "/" + target  # `http://host` and `http://host?x` ask for `/`
+        return target.split("?", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -270,19 +330,45 @@ def _route(path: str, probes: Probes, metrics: PluginMetrics) -> Reply:
     return NOT_FOUND
 
 
+def read_head(received: bytes) -> Request | Reply | None:
+    """The request once its head is complete; the error reply as soon as the bytes
+    received so far cannot become a valid head; None while they still can.
+
+    Lines end in CRLF or a bare LF; one empty line before the request line is
+    ignored (RFC 9112 section 2.2). Header fields are only scanned for a bare CR
+    and for the empty line that ends them."""
+    bare_cr = _BARE_CR.search(received)
+    if bare_cr is not None and bare_cr.end() < len(received):
+        return BAD_REQUEST
+    start = 2 if received.startswith(b"\r\n") else 1 if received.startswith(b"\n") else 0
+    newline = received.find(b"\n", start)
+    line = received[start : newline if newline >= 0 else len(received)]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not _REQUEST_LINE_START.fullmatch(line):
+        return BAD_REQUEST
+    if newline >= 0:
+        request = parse_request_line(line)
+        if isinstance(request, Reply):
+            return request  # at once: the header fields cannot mend a bad request line
+        # The head ends with the first empty line: LF LF or LF CR LF after a line.
+        ends = (received.find(b"\n\n", newline), received.find(b"\n\r\n", newline))
+        found = [i for i in ends if i >= 0]
+        if found:
+            end = min(found)
+            length = end + (2 if received[end + 1 : end + 2] == b"\n" else 3)
+            return request if length <= MAX_REQUEST_HEAD_BYTES else HEAD_TOO_LARGE
+    return HEAD_TOO_LARGE if len(received) >= MAX_REQUEST_HEAD_BYTES else None
+
+
 def reply_to(received: bytes, probes: Probes, metrics: PluginMetrics) -> Reply | None:
     """The reply to what a connection sent so far, or None while its request head
     is still incomplete and within bounds."""
-    end = received.find(_HEAD_END)
-    if end < 0 and len(received) < MAX_REQUEST_HEAD_BYTES:
+    request = read_head(received)
+    if request is None:
         return None
-    if end < 0 or end + len(_HEAD_END) > MAX_REQUEST_HEAD_BYTES:
-        log.debug("http 431 for a request head over %d bytes", MAX_REQUEST_HEAD_BYTES)
-        return HEAD_TOO_LARGE
-    line = received[: received.find(b"\r\n")]
-    request = parse_request_line(line)
     if isinstance(request, Reply):
-        log.debug("http %d for request line %.200r", request.status, line)
+        log.debug("http %d for a request head starting %.200r", request.status, received[:200])
         return request
     reply = answer(request, probes, metrics)
     log.debug("http %s %.200s %d", request.method, request.target, reply.status)
@@ -290,12 +376,14 @@ def reply_to(received: bytes, probes: Probes, metrics: PluginMetrics) -> Reply |
 
 
 class _Connection:
-    """One client: what it sent, what is left to send it, and when it must be done."""
+    """One client: what it sent, what is left to send it, and when it must be done
+    (its head by `deadline` while `outgoing` is None, its whole exchange after)."""
 
-    __slots__ = ("deadline", "outgoing", "received", "sock")
+    __slots__ = ("accepted", "deadline", "outgoing", "received", "sock")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, accepted: float, deadline: float) -> None:
         self.sock = sock
+        self.accepted = accepted
         self.deadline = deadline
         self.received = bytearray()
         self.outgoing: memoryview | None = None
@@ -333,15 +421,6 @@ def _close_gently(sock: socket.socket) -> None:
         sock.close()
 
 
-def _refuse_busy(sock: socket.socket) -> None:
-    try:
-        sock.setblocking(False)
-        sock.send(BUSY_REPLY)
-    except OSError:
-        pass  # best effort: a full buffer or a gone client is not worth waiting for
-    _close_gently(sock)
-
-
 class HealthServer:
     """Serves the three endpoints from one daemon thread until `stop()`."""
 
@@ -352,15 +431,25 @@ class HealthServer:
         metrics: PluginMetrics,
         max_connections: int = MAX_CONNECTIONS,
         timeout: float = CONNECTION_TIMEOUT_SECONDS,
+        head_timeout: float = HEAD_TIMEOUT_SECONDS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self._probes = probes
         self._metrics = metrics
         self._max_connections = max_connections
+        # Half the table: a connection accepted in one round outlives the next round's
+        # accepts, so it is read at least once before newer ones could push it out.
+        self._accepts_per_round = max(1, max_connections // 2)
         self._timeout = timeout
+        self._head_timeout = min(head_timeout, timeout)
         self._listener = _listening_socket(address)
         self._port = int(self._listener.getsockname()[1])
-        # Touched by the serving thread only (and by nobody once it has ended).
-        self._connections: set[_Connection] = set()
+        # Touched by the serving thread only (and by nobody once it has ended). A dict
+        # keeps the order of accepts: the first entry is the oldest connection.
+        self._connections: dict[_Connection, None] = {}
+        self._evicted = 0
+        self._eviction_logged = -_EVICTION_LOG_SECONDS
         self._stopping = threading.Event()
         self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._serve, name="health-http", daemon=True)
@@ -395,11 +484,16 @@ class HealthServer:
                     ready = selector.select(self._wait_seconds(time.monotonic()))
                     if self._stopping.is_set():
                         break
+                    # Connections first: what they sent is served before newcomers
+                    # could push them out of the table.
+                    accept = False
                     for key, events in ready:
                         if key.fileobj is self._listener:
-                            self._accept(selector)
+                            accept = True
                         elif isinstance(key.data, _Connection):
                             self._serve_connection(selector, key.data, events)
+                    if accept:
+                        self._accept(selector)
                     self._close_expired(selector, time.monotonic())
             finally:
                 for connection in list(self._connections):
@@ -414,7 +508,7 @@ class HealthServer:
         return max(0.0, min(poll, nearest - now))
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
-        for _ in range(_ACCEPTS_PER_ROUND):
+        for _ in range(self._accepts_per_round):
             try:
                 sock, _peer = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -426,13 +520,36 @@ class HealthServer:
                 # next round tries again once a connection has been closed.
                 log.warning("health endpoint: cannot accept a connection: %s", error)
                 return
-            if len(self._connections) >= self._max_connections:
-                _refuse_busy(sock)
-                continue
             sock.setblocking(False)
-            connection = _Connection(sock, time.monotonic() + self._timeout)
-            self._connections.add(connection)
+            if len(self._connections) >= self._max_connections:
+                self._make_room(selector)
+            now = time.monotonic()
+            connection = _Connection(sock, now, now + self._head_timeout)
+            self._connections[connection] = None
             selector.register(sock, selectors.EVENT_READ, connection)
+            # A client usually sends its head right after connecting: answer it now
+            # if it is here already (a read that finds nothing costs one system call).
+            self._serve_connection(selector, connection, selectors.EVENT_READ)
+
+    def _make_room(self, selector: selectors.BaseSelector) -> None:
+        """Close the oldest connection still without a complete request head, or,
+        when every one is being answered, the oldest of those."""
+        victim = next((c for c in self._connections if c.outgoing is None), None)
+        if victim is None:
+            victim = next(iter(self._connections))
+        self._close(selector, victim, gently=False)
+        self._evicted += 1
+        now = time.monotonic()
+        if now - self._eviction_logged >= _EVICTION_LOG_SECONDS:
+            log.warning(
+                "health endpoint: closed %d connection(s) to make room for new ones "
+                "(at most %d are held); clients are holding connections open without "
+                "completing a request or reading its reply",
+                self._evicted,
+                self._max_connections,
+            )
+            self._evicted = 0
+            self._eviction_logged = now
 
     def _serve_connection(
         self, selector: selectors.BaseSelector, connection: _Connection, events: int
@@ -463,6 +580,7 @@ class HealthServer:
         if reply is None:
             return
         connection.outgoing = memoryview(reply.encode())
+        connection.deadline = connection.accepted + self._timeout
         selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
         self._write(selector, connection)  # a reply fits the socket buffer: usually done now
 
@@ -478,12 +596,23 @@ class HealthServer:
 
     def _close_expired(self, selector: selectors.BaseSelector, now: float) -> None:
         for connection in [c for c in self._connections if c.deadline <= now]:
-            log.debug("http connection closed: no request and reply within %.1fs", self._timeout)
+            if connection.outgoing is None:
+                log.debug(
+                    "http connection closed: no complete request head within %.1fs",
+                    self._head_timeout,
+                )
+            else:
+                log.debug("http connection closed: reply not taken within %.1fs", self._timeout)
             self._close(selector, connection)
 
-    def _close(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+    def _close(
+        self, selector: selectors.BaseSelector, connection: _Connection, gently: bool = True
+    ) -> None:
         if connection not in self._connections:
             return  # closed already
-        self._connections.remove(connection)
+        del self._connections[connection]
         selector.unregister(connection.sock)
-        _close_gently(connection.sock)
+        if gently:
+            _close_gently(connection.sock)
+        else:
+            connection.sock.close()  # a reset, if it sent what we did not read: no matter

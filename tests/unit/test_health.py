@@ -300,22 +300,27 @@ def test_a_connection_that_stops_halfway_is_closed_after_the_timeout() -> None:
         assert _get_raw(server.port, "/readyz").status == 200
 
 
-def test_beyond_max_connections_a_new_one_gets_the_busy_reply_and_the_held_ones_still_work() -> (
-    None
-):
-    with _serving(max_connections=2, timeout=30.0) as server:
+def test_beyond_max_connections_the_oldest_idle_one_is_closed_and_the_new_one_is_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with _serving(max_connections=2, timeout=30.0, head_timeout=30.0) as server:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         try:
-            # Connections are accepted in the order they were made: the third is over.
-            assert _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n") == health.BUSY_REPLY
-            for connection in held:
-                connection.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+            for i in range(3):
+                # Connections are accepted in the order they were made: the oldest goes.
+                assert _get_raw(server.port, "/healthz").status == 200
+                assert _closed_by_server(held[i])
+                held.append(socket.create_connection(("127.0.0.1", server.port)))
+            for connection in held[3:]:
+                connection.sendall(b"GET /readyz HTTP/1.1\r\n\r\n")
                 assert _parse(_read_to_close(connection)).status == 200
-            # Both slots are free again.
-            assert _get_raw(server.port, "/healthz").status == 200
         finally:
             for connection in held:
                 connection.close()
+    # Said once, not once per connection: an attack must not flood the log.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("health endpoint: closed 1 connection(s) to make room")
 
 
 def _raise() -> str | None:
@@ -371,6 +376,7 @@ def test_stop_closes_the_connections_still_open() -> None:
         Probes(not_ready=lambda: None),
         _Exposition(),  # type: ignore[arg-type]
         timeout=3600.0,
+        head_timeout=3600.0,
     )
     server.start()
     idle = socket.create_connection(("127.0.0.1", server.port))
@@ -435,3 +441,41 @@ def test_an_encoded_reply_has_its_status_line_headers_and_body() -> None:
         b"\r\n"
         b"no\n"
     )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: kube-probe/1.32\r\n"
+        b"Accept: */*\r\nConnection: close\r\n\r\n",
+        b"\r\nHEAD http://node.example:8080/metrics?name=x HTTP/1.0\r\n\r\n",
+        b"\nGET /readyz HTTP/1.1\nHost: x\n\n",
+    ],
+)
+def test_no_start_of_a_valid_head_is_refused_and_the_whole_head_is_the_request(
+    head: bytes,
+) -> None:
+    # A client may send its head a byte at a time: no prefix may earn an early 400.
+    for length in range(len(head)):
+        assert health.read_head(head[:length]) is None, head[:length]
+    request = health.read_head(head)
+    assert isinstance(request, health.Request)
+    assert request.method in ("GET", "HEAD")
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/healthz", "/healthz"),
+        ("/metrics?name=x", "/metrics"),
+        ("http://node:8080/healthz", "/healthz"),
+        ("HTTPS://node/readyz?x=1", "/readyz"),
+        ("http://[::1]:8080/metrics", "/metrics"),
+        ("http://node", "/"),
+        ("http://node?x", "/"),
+        ("http://node//healthz", "//healthz"),
+        ("ftp://node/healthz", "ftp://node/healthz"),
+    ],
+)
+def test_the_path_of_origin_and_absolute_form_targets(target: str, path: str) -> None:
+    assert health.Request("GET", target).path == path
