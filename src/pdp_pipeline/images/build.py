@@ -57,6 +57,9 @@ class BuildOptions:
     no_cache: bool = False
     # Whom reused runtime images must be signed by (a release's signer); None: keys alone.
     trust: ImageTrust | None = None
+    # Set by `invoke release` only: the one path allowed to push a `v*` tag's build to a
+    # registry other than the loopback one (signed, attested, verified).
+    release: bool = False
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -86,6 +89,7 @@ def run_build(
     """
     started = time.monotonic()
     identity = tags.resolve_identity(root, options.tag)
+    refuse_release_push(options, identity)
     # The commit's time, not the clock: the same commit builds the same digests.
     created = tags.rfc3339(identity.commit_time)
     log(
@@ -168,6 +172,26 @@ def run_build(
         log(f"build: verification done ({time.monotonic() - step:.1f} s)")
     log(f"build: finished in {time.monotonic() - started:.1f} s")
     return record
+
+
+def refuse_release_push(options: BuildOptions, identity: tags.Identity) -> None:
+    """A `v*` build pushed anywhere but the loopback registry goes through `invoke release`.
+
+    `invoke build` neither signs the index nor attests it, may fall back to debian and may
+    skip verification: what it pushes to a shared registry under a release tag would look
+    like a release and be none. HEAD on a `v*` tag (or `--tag v…`) counts as a release build.
+    """
+    if not options.push or options.release or registry.is_loopback_registry(options.registry):
+        return
+    described = tags.parse_description(identity.description)
+    on_release_tag = described.tag is not None and described.distance == 0
+    if on_release_tag or (options.tag or "").startswith("v"):
+        raise BuildError(
+            f"HEAD is the release tag {described.tag or identity.tag} and {options.registry} is "
+            "not the loopback registry: a release is pushed by `invoke release` only (signed, "
+            "attested, verified, ubi9). Nothing was built. Build it for the local registry "
+            "(127.0.0.1:5000), or use `invoke release`."
+        )
 
 
 def stage_build_context(

@@ -37,9 +37,13 @@ PROVENANCE = "mode=max"
 WORKFLOW = ".github/workflows/wheels.yml"
 
 
-# Who may have signed a wheels or runtime image keyless: the wheels and release workflows
-# of one repository (any ref: the wheels workflow runs on branches, releases on tags).
-IDENTITY_TEMPLATE = "^https://github.com/{repository}/.github/workflows/(wheels|release).yml@"
+# Who may have signed a wheels or runtime image keyless: the wheels workflow on the main
+# branch and the release workflow on a vX.Y.Z tag of one repository, nothing else (no other
+# branch's workflow_dispatch, no other workflow). `{repository}` is inserted escaped.
+IDENTITY_TEMPLATE = (
+    r"^https://github\.com/{repository}/\.github/workflows/"
+    r"(wheels\.yml@refs/heads/main|release\.yml@refs/tags/v[0-9]+\.[0-9]+\.[0-9]+)$"
+)
 
 
 # The OCI archive output of every image build here (buildx.ARCHIVE_OUTPUT; that module
@@ -83,13 +87,32 @@ def workflow_identity(repository: str | None) -> str:
     return IDENTITY_TEMPLATE.format(repository=re.escape(repository))
 
 
-def wheels_key(packages: tuple[str, ...], python: str, arch: str, base_digest: str) -> str:
-    """sha256 over what decides the wheels: package versions, Python, architecture, base."""
+def wheels_key(
+    packages: tuple[str, ...],
+    python: str,
+    arch: str,
+    base_digest: str,
+    containerfiles: tuple[str, ...] = (),
+) -> str:
+    """sha256 over what decides the wheels: package versions (hashes included), Python,
+    architecture, base, and the text of the Containerfiles that build them."""
     material = json.dumps(
-        {"packages": sorted(packages), "python": python, "arch": arch, "base": base_digest},
+        {
+            "packages": sorted(packages),
+            "python": python,
+            "arch": arch,
+            "base": base_digest,
+            "containerfiles": list(containerfiles),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def containerfile_texts() -> tuple[str, ...]:
+    """The Containerfiles that make a wheels image: part of its key, so a change makes a new one."""
+    paths = (PACKAGE_CONTAINERFILE, COMPILE_CONTAINERFILE)
+    return tuple(path.read_text(encoding="utf-8") for path in paths)
 
 
 def wheels_ref(registry_addr: str, repository: str, python: str, arch: str, key: str) -> str:
@@ -97,7 +120,9 @@ def wheels_ref(registry_addr: str, repository: str, python: str, arch: str, key:
 
 
 def key_for(pin: BasePin, platform: Platform, path: Path = REQUIREMENTS) -> str:
-    return wheels_key(requirements(path), pin.python, platform.arch, pin.digest)
+    return wheels_key(
+        requirements(path), pin.python, platform.arch, pin.digest, containerfile_texts()
+    )
 
 
 def missing_message(ref: str, pin: BasePin, platform: Platform, why: str) -> str:
