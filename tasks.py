@@ -225,6 +225,11 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
         " (default: this repository's wheels.yml on main / release.yml on vX.Y.Z tags)",
         "build_key_dir": "where this host's build key lives (PDP_BUILD_KEY_DIR; default"
         " $XDG_DATA_HOME or ~/.local/share/power-device-plugin/build-key)",
+        "compile_cache": "--compile: directory of compiled objects kept between attempts and"
+        " runs (PDP_COMPILE_CACHE/ARCH; default .cache/compile-cache/ARCH); cache it in CI",
+        "attempts": "--compile: attempts, each resuming from the objects the last one kept",
+        "attempt_timeout": "--compile: seconds one attempt may run (0: no limit), so a job"
+        " stops, keeps its objects and can be resumed before the runner's limit",
     }
 )
 def wheels(
@@ -238,6 +243,9 @@ def wheels(
     keyless: bool = False,
     identity: str = "",
     build_key_dir: str = "",
+    compile_cache: str = "",
+    attempts: int = 1,
+    attempt_timeout: int = 0,
 ) -> None:
     """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
 
@@ -269,6 +277,9 @@ def wheels(
             source="compile" if compile else "pypi",
             builder=builder or None,
             trust=steps.image_trust(signer, strict=False),
+            compile_cache=Path(compile_cache).resolve() if compile_cache else None,
+            attempts=attempts,
+            attempt_timeout=attempt_timeout or None,
         )
     except (
         ValueError,
