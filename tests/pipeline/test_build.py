@@ -246,7 +246,11 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
     assert launcher.stat().st_mode & stat.S_IXUSR
     # Nothing says where or when it was staged: no wheel path, every mtime the commit's.
     assert not list(site.rglob("direct_url.json"))
-    assert str(tmp_path) not in "".join(p.read_text() for p in site.rglob("RECORD"))
+    records = "".join(p.read_text() for p in site.rglob("RECORD"))
+    assert str(tmp_path) not in records
+    # The console script (its shebang names the staging Python: the clone's .venv) is
+    # gone, and so is its hash from RECORD.
+    assert "../../bin/" not in records
     assert {p.lstat().st_mtime for p in [context, *context.rglob("*")]} == {1700000000}
 
     # The version the image reports is read from that dist-info.
