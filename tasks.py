@@ -400,6 +400,8 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
         "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
         "out": "directory for the summary, SBOMs and install YAML (default out/release)",
+        "candidates": "repository the candidate is built and verified in before it is copied"
+        " into --repository by digest (default: REPOSITORY-candidates)",
     }
 )
 def release(
@@ -414,6 +416,7 @@ def release(
     key: str = "",
     identity: str = "",
     out: str = "out/release",
+    candidates: str = "",
 ) -> None:
     """Build, verify, attest, sign and tag the release of the v*.*.* tag on HEAD."""
     from pdp_pipeline import platforms
@@ -436,6 +439,7 @@ def release(
             key=Path(key).resolve() if key else None,
             certificate_identity_regexp=identity or None,
             out_dir=Path(out),
+            candidates=candidates or None,
         )
         release_options.check_options(options)
         release_version.release_version(release_version.read_git_state(ROOT))

@@ -60,6 +60,14 @@ class BuildOptions:
     # Set by `invoke release` only: the one path allowed to push a `v*` tag's build to a
     # registry other than the loopback one (signed, attested, verified).
     release: bool = False
+    # Where the plugin images and the index go, when not `repository` (whose name the
+    # runtime and wheels images keep): a release builds its candidate into a repository of
+    # its own (`<repository>-candidates`), never into the one users pull from.
+    image_repository: str | None = None
+
+    @property
+    def images_to(self) -> str:
+        return self.image_repository or self.repository
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -94,7 +102,7 @@ def run_build(
     created = tags.rfc3339(identity.commit_time)
     log(
         f"build: {', '.join(p.arch for p in options.archs)} as"
-        f" {tags.image_ref(options.registry, options.repository, tag=identity.tag)}"
+        f" {tags.image_ref(options.registry, options.images_to, tag=identity.tag)}"
         f" (version {identity.version}, git {identity.description})"
     )
     base, fell_back = runtime.choose_base(
@@ -144,7 +152,7 @@ def run_build(
         fell_back=fell_back,
         archs=results,
         registry=options.registry,
-        repository=options.repository,
+        repository=options.images_to,
         requested_base=options.base,
         pushed=options.push,
         created=created,
@@ -152,7 +160,7 @@ def run_build(
     path = record_file or record_path(root)
     if options.push:
         step = time.monotonic()
-        index_ref = tags.image_ref(options.registry, options.repository, tag=identity.tag)
+        index_ref = tags.image_ref(options.registry, options.images_to, tag=identity.tag)
         index_digest = registry.create_index(index_ref, [r.digest_ref() for r in results], log=log)
         record = replace(record, index_ref=index_ref, index_digest=index_digest)
         log(f"build: index {index_ref}@{index_digest} ({time.monotonic() - step:.1f} s)")
@@ -255,7 +263,7 @@ def build_arch_image(
     epoch: int | None = None,
 ) -> ArchResult:
     """Build (and push) one architecture's plugin image; pushes are retried."""
-    image_ref = tags.image_ref(options.registry, options.repository, tag=tag, arch=platform.arch)
+    image_ref = tags.image_ref(options.registry, options.images_to, tag=tag, arch=platform.arch)
     step = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pdp-buildx-") as scratch:
         metadata_file = Path(scratch) / "metadata.json"
