@@ -162,3 +162,69 @@ def test_the_last_failed_attempt_says_how_to_resume(
         wheels._compile(
             ["x"], "r:t", PIN, by_arch("s390x"), tmp_path / "c", None, 1, None, lambda _: None
         )
+
+
+# A build step that fills the compile's cache mount the way the grpcio step does (seeded
+# from the named context, then objects of its own) and then fails, as a timed-out or broken
+# compile would. The real Containerfile's export target must then bring out both.
+FILL = """\
+ARG BASE_IMAGE
+FROM scratch AS objcache-seed
+FROM ${BASE_IMAGE}
+ARG TARGETARCH
+RUN --mount=type=cache,id=pdp-objcache-${TARGETARCH},target=/objcache,sharing=locked \\
+    --mount=type=bind,from=objcache-seed,target=/seed \\
+    cp -an /seed/. /objcache/ ; mkdir -p /objcache/bb && echo made > /objcache/bb/RUN.o ; exit 3
+"""
+
+
+@pytest.mark.engine
+def test_objects_of_a_failed_compile_step_are_exported_with_the_seeded_ones(
+    tmp_path: Path,
+) -> None:
+    import uuid
+
+    from pdp_pipeline.host import setup as host_setup
+    from pdp_pipeline.images import runtime
+
+    host_setup.setup(host_setup.HostPaths(cache=wheels.ROOT / ".cache"), log=lambda _: None)
+    amd64 = by_arch("amd64")
+    base = runtime.ensure_runtime_image(
+        "debian", amd64, "127.0.0.1:5000", "power-dev-plugin", log=lambda _: None
+    )
+    pin = bases.BasePin("ubi9", base.ref.rsplit(":", 1)[0], base.digest, "3")
+    run = uuid.uuid4().hex[:8]
+    seed = tmp_path / "cache"
+    (seed / "aa").mkdir(parents=True)
+    (seed / "aa" / f"seeded-{run}.o").write_text("seeded")
+    (tmp_path / "fill.Containerfile").write_text(FILL.replace("RUN.o", f"run-{run}.o"))
+    fill = subprocess.run(
+        [
+            "docker",
+            "buildx",
+            "build",
+            "-f",
+            str(tmp_path / "fill.Containerfile"),
+            "--platform",
+            amd64.platform,
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE_IMAGE={pin.ref}",
+            "--build-context",
+            f"{wheels.SEED_CONTEXT}={seed}",
+            "--progress",
+            "plain",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert fill.returncode != 0 and "exit code: 3" in fill.stderr, fill.stderr[-2000:]
+
+    kept = wheels.export_compile_cache(pin, amd64, seed, None, lambda _: None)
+
+    assert kept >= 2
+    assert (seed / "aa" / f"seeded-{run}.o").read_text() == "seeded"
+    assert (seed / "bb" / f"run-{run}.o").read_text() == "made\n"
