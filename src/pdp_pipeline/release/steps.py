@@ -89,15 +89,8 @@ def build_signer(options: ReleaseOptions, root: Path, env: Mapping[str, str]) ->
     wheels workflow's signatures); with --key, that key.
     """
     if options.dry_run and options.key is None:
-        return host_build_signer(options.registry, root, env)
+        return build_key.host_build_signer(options.registry, env)
     return make_signer(options, root)
-
-
-def host_build_signer(
-    registry_name: str, root: Path, env: Mapping[str, str], directory: Path | None = None
-) -> signing.Signer:
-    """This host's kept build key (`build_key`: per machine and user, never per clone)."""
-    return build_key.host_build_signer(registry_name, env, directory)
 
 
 def image_trust(signer: signing.Signer, *, strict: bool, log: Log = print) -> ImageTrust:
