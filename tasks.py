@@ -225,8 +225,8 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
         " (default: this repository's wheels.yml on main / release.yml on vX.Y.Z tags)",
         "build_key_dir": "where this host's build key lives (PDP_BUILD_KEY_DIR; default"
         " $XDG_DATA_HOME or ~/.local/share/power-device-plugin/build-key)",
-        "compile_cache": "--compile: directory of compiled objects kept between attempts and"
-        " runs (PDP_COMPILE_CACHE/ARCH; default .cache/compile-cache/ARCH); cache it in CI",
+        "compile_cache": "--compile: this ARCH's directory of compiled objects kept between"
+        " attempts and runs (default $PDP_COMPILE_CACHE/ARCH or .cache/compile-cache/ARCH)",
         "attempts": "--compile: attempts, each resuming from the objects the last one kept",
         "attempt_timeout": "--compile: seconds one attempt may run (0: no limit), so a job"
         " stops, keeps its objects and can be resumed before the runner's limit",
