@@ -69,6 +69,12 @@ def setup(c: Context) -> None:
         "push": "push images and index (default); --no-push: local engine only, no index/verify",
         "verify": "run the testinfra suite on the pushed images (default); --no-verify skips it",
         "fallback": "fall back to debian when ubi9 is out of reach (default); --no-fallback fails",
+        "build_key_dir": "where this host's build key lives (PDP_BUILD_KEY_DIR; default"
+        " $XDG_DATA_HOME or ~/.local/share/power-device-plugin/build-key); it signs runtimes",
+        "key": "sign/verify runtimes and wheels with this cosign key instead (COSIGN_PASSWORD)",
+        "keyless": "sign/verify keyless (a release workflow's OIDC identity) instead",
+        "identity": "with --keyless: regexp of the accepted signer (default: this repository's"
+        " wheels.yml on main and release.yml on vX.Y.Z tags, from GITHUB_REPOSITORY)",
     }
 )
 def build(
@@ -83,6 +89,10 @@ def build(
     push: bool = True,
     verify: bool = True,
     fallback: bool = True,
+    build_key_dir: str = "",
+    key: str = "",
+    keyless: bool = False,
+    identity: str = "",
 ) -> None:
     """Build the plugin image per architecture, push them and one index, verify each image.
 
@@ -94,15 +104,23 @@ def build(
     from pdp_pipeline.images import record as build_record
     from pdp_pipeline.images import summary
     from pdp_pipeline.images.registry import is_loopback_registry
-    from pdp_pipeline.release import signing, steps
+    from pdp_pipeline.release import build_key, signing, steps
 
     trust = None
-    if push and is_loopback_registry(registry):
-        setup(c)
-        # Runtimes built here are signed with this host's build key and verified before
-        # reuse, by later builds and by the release dry run alike.
+    if push and (is_loopback_registry(registry) or key or keyless):
+        if is_loopback_registry(registry):
+            setup(c)
+        # Runtimes built here are signed with this host's build key (per machine, not per
+        # clone) and verified before reuse, by later builds and by the release dry run alike.
         try:
-            signer = steps.host_build_signer(registry, ROOT, os.environ)
+            signer = build_key.image_signer(
+                registry,
+                os.environ,
+                key=Path(key).resolve() if key else None,
+                keyless=keyless,
+                identity=identity or None,
+                key_directory=build_key.key_dir(os.environ, build_key_dir or None),
+            )
         except signing.SigningError as error:
             raise SystemExit(f"build: {error}") from None
         trust = steps.image_trust(signer, strict=False)
@@ -200,9 +218,18 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
         "registry": "registry to push to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin; -wheels is added)",
         "builder": "buildx builder, e.g. a native node of that architecture instead of QEMU",
-        "key": "cosign private key that signs it (COSIGN_PASSWORD); default keyless (CI)",
-        "identity": "keyless: regexp of the identity an existing image must be signed by"
-        " (default: this repository's wheels.yml/release.yml, from GITHUB_REPOSITORY)",
+        "key": "cosign private key that signs it (COSIGN_PASSWORD); default: this host's"
+        " build key, the signer `invoke build` verifies",
+        "keyless": "sign keyless with the workflow's OIDC identity (the wheels workflow on main)",
+        "identity": "with --keyless: regexp of the identity an existing image must be signed by"
+        " (default: this repository's wheels.yml on main / release.yml on vX.Y.Z tags)",
+        "build_key_dir": "where this host's build key lives (PDP_BUILD_KEY_DIR; default"
+        " $XDG_DATA_HOME or ~/.local/share/power-device-plugin/build-key)",
+        "compile_cache": "--compile: this ARCH's directory of compiled objects kept between"
+        " attempts and runs (default $PDP_COMPILE_CACHE/ARCH or .cache/compile-cache/ARCH)",
+        "attempts": "--compile: attempts, each resuming from the objects the last one kept",
+        "attempt_timeout": "--compile: seconds one attempt may run (0: no limit), so a job"
+        " stops, keeps its objects and can be resumed before the runner's limit",
     }
 )
 def wheels(
@@ -213,7 +240,12 @@ def wheels(
     repository: str = "power-dev-plugin",
     builder: str = "",
     key: str = "",
+    keyless: bool = False,
     identity: str = "",
+    build_key_dir: str = "",
+    compile_cache: str = "",
+    attempts: int = 1,
+    attempt_timeout: int = 0,
 ) -> None:
     """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
 
@@ -223,18 +255,19 @@ def wheels(
     from pdp_pipeline import platforms
     from pdp_pipeline.images import bases, trust
     from pdp_pipeline.images import wheels as making
-    from pdp_pipeline.release import signing, steps
+    from pdp_pipeline.release import build_key, signing, steps
 
     try:
         pin = bases.require_real_digest(bases.load_pin("ubi9"))
         (platform,) = platforms.select(arch)
-        signer = (
-            signing.Signer(key=Path(key).resolve(), transparency_log=True)
-            if key
-            else signing.Signer(
-                certificate_identity_regexp=identity
-                or making.workflow_identity(os.environ.get("GITHUB_REPOSITORY"))
-            )
+        # The same rule as `build`: this host's build key unless a release identity is given.
+        signer = build_key.image_signer(
+            registry,
+            os.environ,
+            key=Path(key).resolve() if key else None,
+            keyless=keyless,
+            identity=identity or None,
+            key_directory=build_key.key_dir(os.environ, build_key_dir or None),
         )
         image = making.make_wheels_image(
             pin,
@@ -244,6 +277,9 @@ def wheels(
             source="compile" if compile else "pypi",
             builder=builder or None,
             trust=steps.image_trust(signer, strict=False),
+            compile_cache=Path(compile_cache).resolve() if compile_cache else None,
+            attempts=attempts,
+            attempt_timeout=attempt_timeout or None,
         )
     except (
         ValueError,
@@ -364,6 +400,8 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
         "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
         "out": "directory for the summary, SBOMs and install YAML (default out/release)",
+        "candidates": "repository the candidate is built and verified in before it is copied"
+        " into --repository by digest (default: REPOSITORY-candidates)",
     }
 )
 def release(
@@ -378,6 +416,7 @@ def release(
     key: str = "",
     identity: str = "",
     out: str = "out/release",
+    candidates: str = "",
 ) -> None:
     """Build, verify, attest, sign and tag the release of the v*.*.* tag on HEAD."""
     from pdp_pipeline import platforms
@@ -400,6 +439,7 @@ def release(
             key=Path(key).resolve() if key else None,
             certificate_identity_regexp=identity or None,
             out_dir=Path(out),
+            candidates=candidates or None,
         )
         release_options.check_options(options)
         release_version.release_version(release_version.read_git_state(ROOT))

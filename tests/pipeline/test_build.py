@@ -246,7 +246,11 @@ def test_the_staged_context_holds_the_unpacked_plugin_and_the_launcher(tmp_path:
     assert launcher.stat().st_mode & stat.S_IXUSR
     # Nothing says where or when it was staged: no wheel path, every mtime the commit's.
     assert not list(site.rglob("direct_url.json"))
-    assert str(tmp_path) not in "".join(p.read_text() for p in site.rglob("RECORD"))
+    records = "".join(p.read_text() for p in site.rglob("RECORD"))
+    assert str(tmp_path) not in records
+    # The console script (its shebang names the staging Python: the clone's .venv) is
+    # gone, and so is its hash from RECORD.
+    assert "../../bin/" not in records
     assert {p.lstat().st_mtime for p in [context, *context.rglob("*")]} == {1700000000}
 
     # The version the image reports is read from that dist-info.
@@ -626,3 +630,57 @@ def test_release_options_reach_buildx(fake_engine: FakeEngine, tmp_path: Path) -
         assert "--provenance=mode=max" in argv
         assert argv[argv.index("--builder") + 1] == "native"
         assert "x.release=v1" in argv
+
+
+def _tagged_checkout(tmp_path: Path, tag: str = "v1.2.3") -> Path:
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for argv in (
+        ["git", "init", "-q"],
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ],
+        ["git", "tag", tag],
+    ):
+        subprocess.run(argv, cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+def test_build_refuses_to_push_a_release_tag_to_a_shared_registry(tmp_path: Path) -> None:
+    repo = _tagged_checkout(tmp_path)
+    options = build.BuildOptions(archs=PLATFORMS, registry="ghcr.io/owner", verify=False)
+    with pytest.raises(build.BuildError, match="invoke release"):
+        build.run_build(options, log=lambda _: None, root=repo, record_file=tmp_path / "r.json")
+    assert not (repo / ".cache").exists(), "a refused build must build nothing"
+
+
+def test_build_refuses_an_explicit_release_tag_for_a_shared_registry(tmp_path: Path) -> None:
+    identity = tags.Identity("v2.0.0", "2.0.0", "a" * 40, "abc1234", 0)
+    options = build.BuildOptions(archs=PLATFORMS, registry="quay.io/x", tag="v2.0.0")
+    with pytest.raises(build.BuildError, match="invoke release"):
+        build.refuse_release_push(options, identity)
+
+
+def test_a_release_tag_may_go_to_the_loopback_registry_or_through_the_release(
+    tmp_path: Path,
+) -> None:
+    identity = tags.Identity("v2.0.0", "2.0.0", "a" * 40, "v2.0.0", 0)
+    build.refuse_release_push(build.BuildOptions(archs=PLATFORMS), identity)
+    build.refuse_release_push(
+        build.BuildOptions(archs=PLATFORMS, registry="ghcr.io/o", release=True), identity
+    )
+    build.refuse_release_push(
+        build.BuildOptions(archs=PLATFORMS, registry="ghcr.io/o", push=False), identity
+    )
+    untagged = tags.Identity("v2.0.0-3-gabc1234", "2.0.0.post3", "a" * 40, "v2.0.0-3-gabc1234", 0)
+    build.refuse_release_push(build.BuildOptions(archs=PLATFORMS, registry="ghcr.io/o"), untagged)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pdp_pipeline.images import registry
 from pdp_pipeline.images.record import ArchResult, BuildRecord
 from pdp_pipeline.images.runtime import RuntimeImage
 from pdp_pipeline.platforms import PLATFORMS
@@ -287,7 +288,9 @@ class FakeWorld:
         }
 
     def build(self, **settings: Any) -> BuildRecord:
-        self.events.append(f"build {settings['tag']} base={settings['base']}")
+        self.events.append(
+            f"build {settings['tag']} base={settings['base']} into {settings['image_repository']}"
+        )
         self.settings = settings
         archs = [
             ArchResult(
@@ -364,8 +367,13 @@ class FakeWorld:
         path.write_text("kind: DaemonSet\n")
         return [path]
 
+    def promote(self, source: str, target: str) -> str:
+        self.events.append(f"promote {source.split('@')[0]} -> {target}")
+        return f"{target}@{source.split('@', 1)[1]}"
+
     def steps(self) -> release.Steps:
         return release.Steps(
+            promote=self.promote,
             build=self.build,
             index_platforms=self.index_platforms,
             raw_manifest=self.raw_manifest,
@@ -533,3 +541,47 @@ def test_clearing_the_output_directory_removes_only_release_artifacts(tmp_path: 
     release.clear_artifacts(tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_the_candidate_is_built_and_verified_outside_the_release_repository(
+    tagged_repo: Path,
+) -> None:
+    world = FakeWorld(tagged_repo.parent)
+
+    _run(tagged_repo, world)
+
+    assert world.settings["image_repository"] == "power-dev-plugin-candidates"
+    promoted = next(i for i, e in enumerate(world.events) if e.startswith("promote "))
+    assert world.events[promoted] == (
+        "promote 127.0.0.1:5000/power-dev-plugin-candidates -> 127.0.0.1:5000/power-dev-plugin"
+    )
+    # Nothing is signed, attested or tagged before the verified candidate is copied over.
+    assert all(e.startswith("build ") for e in world.events[:promoted])
+
+
+def test_a_candidate_that_fails_verification_never_reaches_the_release_repository(
+    tagged_repo: Path,
+) -> None:
+    world = FakeWorld(tagged_repo.parent, verified=False)
+
+    with pytest.raises(release.ReleaseFailed, match="nothing reached the release repository"):
+        _run(tagged_repo, world)
+
+    assert not [e for e in world.events if e.startswith(("promote", "cosign", "tag "))]
+    assert world.tags == {}
+
+
+def test_a_release_refuses_candidates_in_the_release_repository(tagged_repo: Path) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    with pytest.raises(release_version.ReleaseRefused, match="candidates"):
+        _run(tagged_repo, world, candidates="power-dev-plugin")
+    assert world.events == []
+
+
+def test_a_candidate_is_copied_by_digest_and_never_tagged() -> None:
+    argv = registry.copy_by_digest_command(
+        "127.0.0.1:5000/pdp-candidates@sha256:" + "1" * 64, "ghcr.io/owner/pdp"
+    )
+    assert argv[-1] == "docker://ghcr.io/owner/pdp@sha256:" + "1" * 64
+    assert "--preserve-digests" in argv and "--all" in argv
+    assert "--src-tls-verify=false" in argv and "--dest-tls-verify=false" not in argv

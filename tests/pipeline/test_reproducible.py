@@ -9,6 +9,8 @@ clone lives or when it was built.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 import uuid
@@ -71,3 +73,60 @@ def test_two_fresh_clones_of_one_commit_build_the_same_digests(
     assert one.index_digest == two.index_digest
     assert one.index_ref is not None and one.index_ref != two.index_ref
     assert registry.raw_manifest(one.index_ref, log=lambda _: None)["mediaType"] == OCI_INDEX
+
+
+def readme_build(clone: Path, repository: str, data_home: Path) -> dict[str, object]:
+    """`scripts/in-venv invoke build --arch amd64` in `clone`, as the README says (into a
+    repository of this run, so no other build on this host can change what it finds).
+
+    Every clone gets the same user data directory (where the host's build key lives by
+    default) and no PDP_BUILD_KEY_DIR: the key is found the way a developer's is.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PDP_", "VIRTUAL_ENV"))}
+    env["XDG_DATA_HOME"] = str(data_home)
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p
+    )
+    result = subprocess.run(
+        ["scripts/in-venv", "invoke", "build", "--arch", "amd64", "--repository", repository],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert result.returncode == 0, f"{clone}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    record: dict[str, object] = json.loads(
+        (clone / ".cache" / "build" / "last-build.json").read_text()
+    )
+    return record
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
+def test_two_fresh_clones_running_the_readme_build_for_amd64_give_the_same_digests(
+    local_registry: str, tmp_path: Path
+) -> None:
+    repository = f"pdp-repro-{uuid.uuid4().hex[:8]}"
+    data_home = tmp_path / "user-data"
+    first = fresh_clone(tmp_path / "one" / "power-device-plugin")
+    time.sleep(1.1)  # the second clone's files are a second younger than the first's
+    second = fresh_clone(tmp_path / "two" / "elsewhere" / "pdp")
+
+    one = readme_build(first, repository, data_home)
+    two = readme_build(second, repository, data_home)
+
+    def digests(record: dict[str, object]) -> dict[str, tuple[str, str]]:
+        archs = record["archs"]
+        assert isinstance(archs, list)
+        return {a["platform"]: (a["digest"], a["runtime"]["digest"]) for a in archs}
+
+    assert one["revision"] == two["revision"]
+    assert digests(one) == digests(two)
+    assert one["index_digest"] == two["index_digest"]
+    # The second clone verified the first one's runtime with the same (per-user) key.
+    archs = two["archs"]
+    assert isinstance(archs, list)
+    assert all(a["runtime"]["reused"] for a in archs), archs
+    assert not (first / ".cache" / "release" / "cosign-build").exists()

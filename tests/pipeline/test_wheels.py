@@ -213,3 +213,46 @@ def test_keyless_identity_without_a_repository_asks_for_identity_or_key(
 ) -> None:
     with pytest.raises(wheels.WheelsBuildError, match="--identity REGEXP"):
         wheels.workflow_identity(repository)
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        "wheels.yml@refs/heads/feature",
+        "wheels.yml@refs/heads/main-copy",
+        "wheels.yml@refs/heads/mainx",
+        "release.yml@refs/heads/main",
+        "release.yml@refs/tags/v1.0.0-rc1",
+        "release.yml@refs/tags/x1.0.0",
+        "wheelsXyml@refs/heads/main",
+        "releaseXyml@refs/tags/v1.0.0",
+    ],
+)
+def test_the_accepted_signers_are_main_wheels_and_tagged_releases_only(identity: str) -> None:
+    pattern = re.compile(wheels.workflow_identity("ibm/power-dev-plugin"))
+    assert not pattern.search(
+        "https://github.com/ibm/power-dev-plugin/.github/workflows/" + identity
+    )
+
+
+def test_the_identity_escapes_every_dot() -> None:
+    pattern = re.compile(wheels.workflow_identity("ibm/power-dev-plugin"))
+    assert not pattern.search(
+        "https://githubXcom/ibm/power-dev-plugin/.github/workflows/wheels.yml@refs/heads/main"
+    )
+    assert not pattern.search(
+        "https://github.com/ibm/power-dev-plugin/Xgithub/workflows/wheels.yml@refs/heads/main"
+    )
+    assert pattern.fullmatch(
+        "https://github.com/ibm/power-dev-plugin/.github/workflows/release.yml@refs/tags/v10.2.33"
+    )
+
+
+def test_a_containerfile_change_changes_the_wheels_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = wheels.key_for(PIN, by_arch("ppc64le"))
+    changed = tmp_path / "wheels-compile.Containerfile"
+    changed.write_text(wheels.COMPILE_CONTAINERFILE.read_text() + "# one more line\n")
+    monkeypatch.setattr(wheels, "COMPILE_CONTAINERFILE", changed)
+    assert wheels.key_for(PIN, by_arch("ppc64le")) != before

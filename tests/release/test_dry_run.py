@@ -256,3 +256,18 @@ def test_the_checkout_is_left_clean(dry_run: DryRun) -> None:
     ).stdout
 
     assert status == ""
+
+
+def test_the_candidate_was_built_in_the_candidates_repository(dry_run: DryRun) -> None:
+    from pdp_pipeline.release.version import candidate_tag
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=dry_run.repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    candidates = f"{dry_run.summary['repository']}-candidates"
+    tag = candidate_tag(commit, dry_run=True)
+    assert (
+        registry.tag_digest(f"{candidates}:{tag}", log=lambda _: None)
+        == (dry_run.summary["index_digest"])
+    )
+    assert "copying it into" in dry_run.result.stdout

@@ -57,6 +57,17 @@ class BuildOptions:
     no_cache: bool = False
     # Whom reused runtime images must be signed by (a release's signer); None: keys alone.
     trust: ImageTrust | None = None
+    # Set by `invoke release` only: the one path allowed to push a `v*` tag's build to a
+    # registry other than the loopback one (signed, attested, verified).
+    release: bool = False
+    # Where the plugin images and the index go, when not `repository` (whose name the
+    # runtime and wheels images keep): a release builds its candidate into a repository of
+    # its own (`<repository>-candidates`), never into the one users pull from.
+    image_repository: str | None = None
+
+    @property
+    def images_to(self) -> str:
+        return self.image_repository or self.repository
 
     def __post_init__(self) -> None:
         check_base(self.base)
@@ -86,11 +97,12 @@ def run_build(
     """
     started = time.monotonic()
     identity = tags.resolve_identity(root, options.tag)
+    refuse_release_push(options, identity)
     # The commit's time, not the clock: the same commit builds the same digests.
     created = tags.rfc3339(identity.commit_time)
     log(
         f"build: {', '.join(p.arch for p in options.archs)} as"
-        f" {tags.image_ref(options.registry, options.repository, tag=identity.tag)}"
+        f" {tags.image_ref(options.registry, options.images_to, tag=identity.tag)}"
         f" (version {identity.version}, git {identity.description})"
     )
     base, fell_back = runtime.choose_base(
@@ -140,7 +152,7 @@ def run_build(
         fell_back=fell_back,
         archs=results,
         registry=options.registry,
-        repository=options.repository,
+        repository=options.images_to,
         requested_base=options.base,
         pushed=options.push,
         created=created,
@@ -148,7 +160,7 @@ def run_build(
     path = record_file or record_path(root)
     if options.push:
         step = time.monotonic()
-        index_ref = tags.image_ref(options.registry, options.repository, tag=identity.tag)
+        index_ref = tags.image_ref(options.registry, options.images_to, tag=identity.tag)
         index_digest = registry.create_index(index_ref, [r.digest_ref() for r in results], log=log)
         record = replace(record, index_ref=index_ref, index_digest=index_digest)
         log(f"build: index {index_ref}@{index_digest} ({time.monotonic() - step:.1f} s)")
@@ -168,6 +180,26 @@ def run_build(
         log(f"build: verification done ({time.monotonic() - step:.1f} s)")
     log(f"build: finished in {time.monotonic() - started:.1f} s")
     return record
+
+
+def refuse_release_push(options: BuildOptions, identity: tags.Identity) -> None:
+    """A `v*` build pushed anywhere but the loopback registry goes through `invoke release`.
+
+    `invoke build` neither signs the index nor attests it, may fall back to debian and may
+    skip verification: what it pushes to a shared registry under a release tag would look
+    like a release and be none. HEAD on a `v*` tag (or `--tag v…`) counts as a release build.
+    """
+    if not options.push or options.release or registry.is_loopback_registry(options.registry):
+        return
+    described = tags.parse_description(identity.description)
+    on_release_tag = described.tag is not None and described.distance == 0
+    if on_release_tag or (options.tag or "").startswith("v"):
+        raise BuildError(
+            f"HEAD is the release tag {described.tag or identity.tag} and {options.registry} is "
+            "not the loopback registry: a release is pushed by `invoke release` only (signed, "
+            "attested, verified, ubi9). Nothing was built. Build it for the local registry "
+            "(127.0.0.1:5000), or use `invoke release`."
+        )
 
 
 def stage_build_context(
@@ -231,7 +263,7 @@ def build_arch_image(
     epoch: int | None = None,
 ) -> ArchResult:
     """Build (and push) one architecture's plugin image; pushes are retried."""
-    image_ref = tags.image_ref(options.registry, options.repository, tag=tag, arch=platform.arch)
+    image_ref = tags.image_ref(options.registry, options.images_to, tag=tag, arch=platform.arch)
     step = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pdp-buildx-") as scratch:
         metadata_file = Path(scratch) / "metadata.json"

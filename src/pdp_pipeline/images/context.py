@@ -161,8 +161,11 @@ def stage_context(
             f"staging {dependency.name}",
             log=log,
         )
-    # The console script pip writes points at this host's Python; the image has its own launcher.
+    # The console script pip writes points at this host's Python (the clone's .venv, a path
+    # that differs from clone to clone); the image has its own launcher. Its RECORD line
+    # (with the script's hash) goes too, or the clone's path would reach the layer that way.
     shutil.rmtree(site_packages / "bin", ignore_errors=True)
+    drop_record_lines(site_packages, "../../bin/")
     launcher = context / LAUNCHER.name
     shutil.copyfile(root / LAUNCHER, launcher)
     launcher.chmod(0o755)
@@ -186,6 +189,15 @@ def drop_install_location(site_packages: Path) -> None:
             record.write_text(
                 "".join(line for line in lines if not line.startswith(entry)), encoding="utf-8"
             )
+
+
+def drop_record_lines(site_packages: Path, prefix: str) -> None:
+    """Remove the RECORD lines of files under `prefix` (paths relative to site-packages)."""
+    for record in site_packages.glob("*.dist-info/RECORD"):
+        lines = record.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith(prefix)]
+        if kept != lines:
+            record.write_text("".join(kept), encoding="utf-8")
 
 
 def pin_mtimes(tree: Path, epoch: int) -> None:

@@ -276,6 +276,46 @@ def push_archive(archive: Path, ref: str, arch: str) -> None:
         )
 
 
+def copy_by_digest_command(source: str, target_repository: str) -> list[str]:
+    """`skopeo copy` of `source` (REPO@sha256:…, an index and all it names) into
+    `target_repository` under the same digest and no tag."""
+    if "@sha256:" not in source:
+        raise RegistryError(f"{source}: copy by digest (REF@sha256:…)", image=source, arch="all")
+    digest = source.split("@", 1)[1]
+    argv = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests"]
+    if is_loopback_registry(source):
+        argv.append("--src-tls-verify=false")
+    if is_loopback_registry(target_repository):
+        argv.append("--dest-tls-verify=false")
+    return [*argv, f"docker://{source}", f"docker://{target_repository}@{digest}"]
+
+
+def copy_by_digest(source: str, target_repository: str, log: Log = print) -> str:
+    """Copy a verified candidate into the release repository by digest (no tag); retried.
+
+    Returns TARGET@digest. Nothing in the target repository is tagged by this: a tag comes
+    only after signing, from the release."""
+    argv = copy_by_digest_command(source, target_repository)
+    target = f"{target_repository}@{source.split('@', 1)[1]}"
+    log(f"registry: copy {source} -> {target}")
+
+    def copy() -> None:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=CREATE_TIMEOUT, check=False
+        )
+        if result.returncode != 0:
+            answer = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+            raise RegistryError(
+                f"copy of {source} to {target_repository} failed; the registry answered: {answer}",
+                image=target,
+                arch="all",
+                answer=answer,
+            )
+
+    with_retries(copy, what=f"copy of {source}", log=log)
+    return target
+
+
 def create_index(target: str, sources: Sequence[str], log: Log = print) -> str:
     """Make `target` an OCI index of `sources` (per-architecture images); return its digest."""
     if not sources:

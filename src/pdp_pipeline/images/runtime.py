@@ -287,8 +287,7 @@ def ensure_runtime_image(
 
 
 def ubi9_requirements() -> tuple[str, ...]:
-    lines = (line.split("#", 1)[0].strip() for line in UBI9_REQUIREMENTS.read_text().splitlines())
-    return tuple(line for line in lines if line)
+    return wheels.requirements(UBI9_REQUIREMENTS)
 
 
 def _check(argv: list[str], what: str, log: Log) -> None:

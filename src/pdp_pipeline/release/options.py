@@ -16,6 +16,7 @@ from pdp_pipeline.release.version import DRY_RUN_SUFFIX, ReleaseRefused, Release
 LABEL_DRY_RUN = "io.github.power-device-plugin.dry-run"
 LABEL_RELEASE = "io.github.power-device-plugin.release"
 RELEASE_BASE = "ubi9"
+CANDIDATES_SUFFIX = "-candidates"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,13 @@ class ReleaseOptions:
     certificate_identity_regexp: str | None = None  # keyless: who may have signed
     out_dir: Path = Path("out/release")
     pin_manifests: bool = True
+    # Where the candidate is built and verified; None: `<repository>-candidates`. Only a
+    # verified candidate is copied (by digest) into `repository`, then signed, then tagged.
+    candidates: str | None = None
+
+    @property
+    def candidates_repository(self) -> str:
+        return self.candidates or f"{self.repository}{CANDIDATES_SUFFIX}"
 
 
 def check_options(options: ReleaseOptions) -> None:
@@ -39,6 +47,11 @@ def check_options(options: ReleaseOptions) -> None:
         if options.base not in (None, RELEASE_BASE, "debian"):
             raise ReleaseRefused(f"--base {options.base!r}: a dry run builds on ubi9 or debian")
         return
+    if options.candidates_repository == options.repository:
+        raise ReleaseRefused(
+            f"--candidates {options.candidates!r} is the release repository: candidates are "
+            "built and verified elsewhere. Nothing was built."
+        )
     if options.base not in (None, RELEASE_BASE):
         raise ReleaseRefused(
             f"--base {options.base!r}: a release is built on {RELEASE_BASE} only; another base "

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,8 @@ class Steps:
     pin_and_render: Callable[[str, Path, bool], list[Path]]
     tag_digest: Callable[[str], str | None]  # None: the registry has no such tag
     release_label: Callable[[str], str | None]  # the release label of the image a ref names
+    # Copy REPO@digest (an index and all it names) into another repository by digest, no tag.
+    promote: Callable[[str, str], str]
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,14 @@ def run_release(
     signer = steps.make_signer(options, root)
     log(f"release: signing with {signer.describe()}")
 
-    candidate = _build_candidate(options, version, candidate_name, repository, steps)
+    candidates = f"{options.registry.rstrip('/')}/{options.candidates_repository}"
+    verified_candidate = _build_candidate(options, version, candidate_name, candidates, steps)
+    # Only now does anything reach the release repository: the verified index, by digest.
+    log(f"release: candidate verified in {candidates}; copying it into {repository} by digest")
+    candidate = replace(
+        verified_candidate,
+        index_ref=steps.promote(verified_candidate.index_ref, repository),
+    )
     # Before anything is signed: a tag that already names another digest stops here.
     plan = plan_tags(
         repository,
@@ -195,8 +204,12 @@ def _build_candidate(
         allow_fallback=allow_fallback,
         tag=candidate_name,
         extra_labels=build_labels(version, dry_run=options.dry_run),
+        image_repository=options.candidates_repository,
     )
-    pending = f"only the candidate tag {candidate_name} was pushed"
+    pending = (
+        f"only the candidate tag {candidate_name} was pushed, to {repository}; "
+        "nothing reached the release repository"
+    )
     unverified = [a.platform.arch for a in record.archs if a.verified is not True]
     if unverified:
         raise ReleaseFailed(

@@ -15,18 +15,16 @@ from typing import Any
 from pdp_pipeline.images import registry
 from pdp_pipeline.images.trust import ImageTrust
 from pdp_pipeline.log import Log
-from pdp_pipeline.release import sbom, signing
+from pdp_pipeline.release import build_key, sbom, signing
 from pdp_pipeline.release.options import LABEL_RELEASE, ReleaseOptions
 from pdp_pipeline.release.run import Steps
 from pdp_pipeline.release.version import ReleaseRefused
 
 PROVENANCE = "mode=max"
 DRY_RUN_KEY_DIR = Path(".cache") / "release" / "cosign-dryrun"
-# The key that signs runtime and wheels images built by dry runs on this host. Kept
-# (unlike the release's throwaway key) so a later dry run can verify and reuse them.
-# PDP_BUILD_KEY_DIR moves it (the release suite shares one across snapshot checkouts).
-BUILD_KEY_DIR = Path(".cache") / "release" / "cosign-build"
-BUILD_KEY_ENV = "PDP_BUILD_KEY_DIR"
+# The key that signs runtime and wheels images built by builds and dry runs on this host
+# lives per machine and user, not per clone: `build_key` (PDP_BUILD_KEY_DIR moves it).
+BUILD_KEY_ENV = build_key.KEY_DIR_ENV
 DRY_RUN_MANIFESTS_DIR = Path(".cache") / "release" / "manifests-dryrun"
 # Set by GitHub Actions when the job may request an OIDC token (`id-token: write`).
 OIDC_ENV = "ACTIONS_ID_TOKEN_REQUEST_URL"
@@ -67,9 +65,21 @@ def make_signer(options: ReleaseOptions, root: Path) -> signing.Signer:
     if options.dry_run:
         return signing.throwaway_signer(root / DRY_RUN_KEY_DIR, insecure_registry=insecure)
     return signing.Signer(
-        certificate_identity_regexp=options.certificate_identity_regexp,
+        certificate_identity_regexp=options.certificate_identity_regexp
+        or default_identity(os.environ),
         insecure_registry=insecure,
     )
+
+
+def default_identity(env: Mapping[str, str]) -> str | None:
+    """The accepted keyless signers of this repository (GITHUB_REPOSITORY), if it is known:
+    its wheels workflow on main and its release workflow on a vX.Y.Z tag."""
+    from pdp_pipeline.images import wheels
+
+    try:
+        return wheels.workflow_identity(env.get("GITHUB_REPOSITORY"))
+    except wheels.WheelsBuildError:
+        return None
 
 
 def build_signer(options: ReleaseOptions, root: Path, env: Mapping[str, str]) -> signing.Signer:
@@ -79,30 +89,8 @@ def build_signer(options: ReleaseOptions, root: Path, env: Mapping[str, str]) ->
     wheels workflow's signatures); with --key, that key.
     """
     if options.dry_run and options.key is None:
-        return host_build_signer(options.registry, root, env)
+        return build_key.host_build_signer(options.registry, env)
     return make_signer(options, root)
-
-
-def host_build_signer(registry_name: str, root: Path, env: Mapping[str, str]) -> signing.Signer:
-    """This host's kept build key (made on first use): what signs the runtime and wheels
-    images built here, so a later build or a dry run verifies them before reuse."""
-    directory = Path(env.get(BUILD_KEY_ENV) or root / BUILD_KEY_DIR)
-    key = directory / signing.PRIVATE_KEY_NAME
-    if not key.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        signing.run_cosign(
-            signing.generate_key_pair_command(directory / "cosign"),
-            what=f"making this host's build key in {directory}",
-            env=signing.cosign_environment(env, throwaway=True),
-        )
-    return signing.Signer(
-        key=key,
-        public_key=directory / signing.PUBLIC_KEY_NAME,
-        transparency_log=False,
-        insecure_registry=registry.is_loopback_registry(registry_name),
-        throwaway=True,  # empty password, like the throwaway key
-        label=f"this host's build key ({key})",
-    )
 
 
 def image_trust(signer: signing.Signer, *, strict: bool, log: Log = print) -> ImageTrust:
@@ -175,6 +163,7 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
             push=True,
             verify=True,
             provenance=PROVENANCE,
+            release=True,
             **settings,
         )
         return build.run_build(build_options, log=log, root=root)
@@ -198,4 +187,5 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
         pin_and_render=lambda pinned, out, dry: pin_and_render(root, pinned, out, dry),
         tag_digest=lambda ref: registry.tag_digest(ref, log=log),
         release_label=lambda ref: registry.image_labels(ref, log=log).get(LABEL_RELEASE),
+        promote=lambda source, target: registry.copy_by_digest(source, target, log=log),
     )
