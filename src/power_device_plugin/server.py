@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -48,6 +48,7 @@ from google.protobuf.message import Message
 
 from power_device_plugin import cdi
 from power_device_plugin.api import pb
+from power_device_plugin.devices import MAX_UNITS as MAX_IDS_PER_CONTAINER
 from power_device_plugin.devices import (
     AdvertisedDevice,
     AllocationError,
@@ -70,6 +71,12 @@ SERVICE_NAME = "v1beta1.DevicePlugin"
 # ListAndWatch streams open at once. The kubelet holds one (two for a moment while it
 # restarts); the rest is room for tools (a debugging client, the bench).
 MAX_STREAMS = 16
+# Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): more
+# wait in their client, not in the plugin. The kubelet has at most its stream and one
+# call in flight (it admits pods one at a time). A client opening a thousand streams
+# at once on one connection gets them through this many at a time, so the event loop
+# never has a backlog of them in front of the kubelet's Allocate (each costs ~0.4 ms).
+MAX_CALLS_PER_CONNECTION = 8
 # The largest request taken off the wire. The kubelet's largest: a
 # GetPreferredAllocation naming every unit, 10 000 x (79 + 2) bytes ~ 0.8 MB.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
@@ -84,6 +91,68 @@ _ERROR_CODES = {
     "unknown": grpc.StatusCode.INVALID_ARGUMENT,
     "unhealthy": grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+
+class TooManyParts:
+    """What a request's deserialiser gives instead of a message with more than
+    ``limit`` container requests: it is refused without being parsed (parsing
+    100 000 container requests costs ~20 MiB and tens of milliseconds)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A varint at `pos`: (value, position after it); past the end when cut short."""
+    result = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    return result, len(data) + 1
+
+
+def more_top_level_fields(data: bytes, limit: int) -> bool:
+    """Whether the serialised message `data` has more than `limit` top-level fields
+    (repeated ones counted once per element); reads at most ``limit + 1`` of them.
+    Malformed data answers False: protobuf's parser then says what is wrong."""
+    pos = count = 0
+    while pos < len(data):
+        count += 1
+        if count > limit:
+            return True
+        tag, pos = _read_varint(data, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            return False
+    return False
+
+
+R = TypeVar("R")
+
+
+def bounded_parts(parse: Callable[[bytes], R], limit: int) -> Callable[[bytes], R | TooManyParts]:
+    """A request deserialiser that gives :class:`TooManyParts` for more than `limit`
+    container requests (the only top-level field of the requests it is used for)."""
+
+    def deserialize(data: bytes) -> R | TooManyParts:
+        if more_top_level_fields(data, limit):
+            return TooManyParts(limit)
+        return parse(data)
+
+    return deserialize
 
 
 class Refused(Exception):
@@ -258,13 +327,15 @@ class DevicePluginServicer:
         return wire
 
     def preferred_allocation(
-        self, request: pb.PreferredAllocationRequest
+        self, request: pb.PreferredAllocationRequest | TooManyParts
     ) -> pb.PreferredAllocationResponse:
         # One snapshot for the whole request, as for Allocate.
         snapshot = self._state.current()
-        _check_container_count("GetPreferredAllocation", len(request.container_requests))
+        request = _check_container_count("GetPreferredAllocation", request)
         responses = []
         for index, container in enumerate(request.container_requests):
+            _check_id_count(index, "available_deviceIDs", len(container.available_deviceIDs))
+            _check_id_count(index, "must_include_deviceIDs", len(container.must_include_deviceIDs))
             size = container.allocation_size
             if size < 0:
                 raise Refused(
@@ -291,17 +362,19 @@ class DevicePluginServicer:
             )
         return pb.PreferredAllocationResponse(container_responses=responses)
 
-    def allocate_wire(self, request: pb.AllocateRequest) -> bytes:
+    def allocate_wire(self, request: pb.AllocateRequest | TooManyParts) -> bytes:
         """Allocate's answer, serialised: assembled from the snapshot's cached grants."""
         # One snapshot for the whole request: every container is answered from
         # the same list, and any refusal refuses the whole request.
         snapshot = self._state.current()
-        count = len(request.container_requests)
         try:
-            _check_container_count("Allocate", count)
+            request = _check_container_count("Allocate", request)
+            for index, container in enumerate(request.container_requests):
+                _check_id_count(index, "devices_ids", len(container.devices_ids))
         except Refused:
             self._metrics.allocations.labels(result="too_large").inc()
             raise
+        count = len(request.container_requests)
         responses = []
         size = 0
         for index, container in enumerate(request.container_requests):
@@ -340,13 +413,29 @@ class DevicePluginServicer:
         return allocate_response_wire(responses)
 
 
-def _check_container_count(call: str, count: int) -> None:
-    if count > MAX_CONTAINER_REQUESTS:
+M = TypeVar("M", pb.AllocateRequest, pb.PreferredAllocationRequest)
+
+
+def _check_container_count(call: str, request: M | TooManyParts) -> M:
+    if isinstance(request, TooManyParts):
+        count = f"more than {request.limit}"
+    elif len(request.container_requests) > MAX_CONTAINER_REQUESTS:
+        count = str(len(request.container_requests))
+    else:
+        return request
+    raise Refused(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{call} has {count} container requests, at most {MAX_CONTAINER_REQUESTS} "
+        "are answered in one call (the kubelet sends one per container); nothing was done",
+    )
+
+
+def _check_id_count(index: int, field: str, count: int) -> None:
+    if count > MAX_IDS_PER_CONTAINER:
         raise Refused(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{call} has {count} container requests, at most {MAX_CONTAINER_REQUESTS} "
-            "are answered in one call (the kubelet sends one per container); "
-            "nothing was allocated",
+            f"container request {index}: {field} names {count} device IDs, more than the "
+            f"{MAX_IDS_PER_CONTAINER} units the plugin ever advertises; nothing was done",
         )
 
 
@@ -464,12 +553,16 @@ class DevicePluginService:
                 ),
                 "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
                     self.GetPreferredAllocation,
-                    request_deserializer=pb.PreferredAllocationRequest.FromString,
+                    request_deserializer=bounded_parts(
+                        pb.PreferredAllocationRequest.FromString, MAX_CONTAINER_REQUESTS
+                    ),
                     response_serializer=_wire_or_serialize,
                 ),
                 "Allocate": grpc.unary_unary_rpc_method_handler(
                     self.Allocate,
-                    request_deserializer=pb.AllocateRequest.FromString,
+                    request_deserializer=bounded_parts(
+                        pb.AllocateRequest.FromString, MAX_CONTAINER_REQUESTS
+                    ),
                     response_serializer=_wire_or_serialize,
                 ),
                 "PreStartContainer": grpc.unary_unary_rpc_method_handler(
@@ -515,7 +608,7 @@ class DevicePluginService:
 
     async def GetPreferredAllocation(
         self,
-        request: pb.PreferredAllocationRequest,
+        request: pb.PreferredAllocationRequest | TooManyParts,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.PreferredAllocationResponse:
         try:
@@ -526,7 +619,9 @@ class DevicePluginService:
             raise  # abort() raises; this keeps type checkers and readers sure of it
 
     async def Allocate(
-        self, request: pb.AllocateRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: pb.AllocateRequest | TooManyParts,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> bytes:
         try:
             return self.servicer.allocate_wire(request)
@@ -599,6 +694,7 @@ class ServingLoop:
             options=(
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
+                ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
             ),
         )
         try:
