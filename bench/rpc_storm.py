@@ -50,10 +50,23 @@ BIG_CONTAINERS = 100_000
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmHWM; NaN once the process has exited."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    for line in lines:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    return float("nan")
+
+
+class Figures(dict[str, Any]):
+    """Printed as they are taken, so a run cut short still shows what it measured."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        print(f"{key:28} {value}", flush=True)
+        super().__setitem__(key, value)
 
 
 def unary_latencies(
@@ -159,7 +172,7 @@ def main() -> int:
         idle_seconds=0, image=None, python=sys.executable,
     )  # fmt: skip
     node = BenchNode()
-    figures: dict[str, Any] = {}
+    figures = Figures()
     plugin = Plugin(node, settings)
     try:
         node.build_plain(args.devices)
@@ -185,10 +198,13 @@ def main() -> int:
 
             figures["big_inputs"] = big_inputs(stub, units)
             figures["rss_peak_big_inputs_mib"] = round(peak_rss_mib(plugin.pid), 1)
-            figures["rss_end_mib"] = round(rss_mib(plugin.pid), 1)
             figures["longest_log_line"] = max(map(len, plugin.log().splitlines()))
-
             assert plugin.process is not None
+            if plugin.process.poll() is not None:
+                figures["plugin_exited"] = plugin.process.returncode
+                print(plugin.log()[-2000:])
+                return 1
+            figures["rss_end_mib"] = round(rss_mib(plugin.pid), 1)
             before = time.monotonic()
             plugin.process.send_signal(signal.SIGTERM)
             plugin.process.wait(timeout=30)
@@ -196,8 +212,6 @@ def main() -> int:
     finally:
         plugin.stop()
         node.cleanup()
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
     print(json.dumps(figures))
     return 0
 

@@ -109,3 +109,33 @@ def test_a_cancelled_stream_is_closed_at_once(tmp_path: Path, no_periodic_checks
         serving.close()
     # One subscription was the serving loop's own feed; closing it ends it.
     assert state.subscriber_count() == 0
+
+
+def _failed_registrations(plugin: PluginLifecycle) -> float:
+    return plugin._metrics.registrations.labels(result="failed").samples()[0][2]
+
+
+def test_a_kubelet_that_stops_is_logged_as_stopped_and_one_outage_is_one_failure(
+    running_plugin: tuple[PluginLifecycle, KubeletStub, DeviceState],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin, kubelet, _ = running_plugin
+    kubelet.wait_for_registration(1, timeout=10.0)
+    assert _until(lambda: plugin.ready())
+    with caplog.at_level("DEBUG", logger="power_device_plugin.lifecycle"):
+        kubelet.stop()  # kubelet.sock removed, not recreated
+        assert _until(lambda: "kubelet stopped" in caplog.text)
+        # Three seconds of outage: several attempts (0.1, 0.2, 0.4, 0.8, 1.6 s apart).
+        time.sleep(3.0)
+        kubelet.start()
+        kubelet.wait_for_registration(2, timeout=10.0)
+        assert _until(lambda: "failed attempts in" in caplog.text)
+    assert "recreated" not in caplog.text
+    attempts = caplog.text.count("kubelet not reachable")
+    assert attempts >= 3
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "reachable" in r.msg
+    ]
+    assert len(warnings) == 1, warnings
+    assert _failed_registrations(plugin) == 1
+    assert f"after {attempts} failed attempts in" in caplog.text

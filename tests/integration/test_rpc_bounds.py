@@ -7,6 +7,7 @@ Each storm is bounded in count and in time.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from tests.integration.kubelet_stub import KubeletStub
 from tests.integration.plugin_process import FakeNode, PluginProcess
 from tests.integration.stream_storm import StreamStorm
 
-from power_device_plugin.api import pb
+from power_device_plugin.api import pb, rpc
 
 STORM_STREAMS = 1000
 STORM_SECONDS = 60.0
@@ -120,3 +121,21 @@ def test_100000_container_requests_are_refused_as_an_invalid_argument(
     assert len(response.container_responses) == 2
     _, metrics = process.http_get("/metrics")
     assert 'pdp_allocations_total{result="too_large"} 1' in metrics
+
+
+def test_sigterm_with_streams_open_exits_within_one_second(
+    node: FakeNode, kubelet: KubeletStub, plugin_factory: Callable[..., PluginProcess]
+) -> None:
+    process, _ = started(node, kubelet, plugin_factory)
+    with grpc.insecure_channel(f"unix://{process.socket_path}") as channel:
+        stub = rpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
+        extra = [stub.ListAndWatch(pb.Empty()) for _ in range(3)]
+        for stream in extra:
+            next(stream)
+        process.signal(signal.SIGTERM)
+        before = time.monotonic()
+        code = process.wait(timeout=5)
+        took = time.monotonic() - before
+    assert code == 0, process.log()
+    assert took <= 1.0, (took, process.log()[-2000:])
+    assert not process.socket_path.exists()
