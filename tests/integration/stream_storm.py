@@ -1,6 +1,10 @@
-"""ListAndWatch streams opened and dropped in waves on one channel, as a buggy or
-hostile client of the plugin socket would: used by tests and bench/rpc_storm.py.
-A wave opens its streams at once and drops each one as soon as it was answered.
+"""ListAndWatch streams opened and dropped in waves, as a buggy or hostile client of
+the plugin socket would: used by tests and bench/rpc_storm.py.
+
+A wave opens its streams at once, spread over CHANNELS connections of their own (so a
+bound per connection does not hide them from the plugin), waits until each one was
+answered, ended or refused, or WAVE_SECONDS, and then drops them all: while a wave
+lasts, its answered streams stay open.
 
 The storm is a `grpc.aio` client in a thread of its own, so that a wave can wait for
 each stream's first list (or its end) with a deadline, without a thread per stream.
@@ -20,6 +24,7 @@ import grpc.aio
 from power_device_plugin.api import pb, rpc
 
 WAVE = 100
+CHANNELS = 10
 # How long a wave waits for its streams' first lists before it drops them anyway.
 WAVE_SECONDS = 2.0
 
@@ -34,12 +39,11 @@ class StormCounts:
     other_errors: int = 0
 
 
-async def _wave(stub: rpc.DevicePluginStub, size: int, counts: StormCounts) -> None:
-    calls = [stub.ListAndWatch(pb.Empty()) for _ in range(size)]
+async def _wave(stubs: list[rpc.DevicePluginStub], size: int, counts: StormCounts) -> None:
+    calls = [stubs[n % len(stubs)].ListAndWatch(pb.Empty()) for n in range(size)]
     counts.opened += size
 
     async def first(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
-        # Each stream is dropped as soon as it was answered (or ended, or given up on).
         try:
             message = await asyncio.wait_for(call.read(), WAVE_SECONDS)
         except asyncio.TimeoutError:
@@ -53,21 +57,31 @@ async def _wave(stub: rpc.DevicePluginStub, size: int, counts: StormCounts) -> N
             else:
                 counts.other_errors += 1
             return
-        finally:
-            call.cancel()
         if message is grpc.aio.EOF:
             counts.ended_by_plugin += 1
         else:
             counts.answered += 1
 
     await asyncio.gather(*(first(call) for call in calls))
+    for call in calls:
+        call.cancel()
 
 
 async def _storm(socket: Path, streams: int, stop: threading.Event, counts: StormCounts) -> None:
-    async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
-        stub = rpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
+    # A private subchannel pool each: one connection per channel.
+    channels = [
+        grpc.aio.insecure_channel(
+            f"unix://{socket}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(CHANNELS)
+    ]
+    try:
+        stubs = [rpc.DevicePluginStub(c) for c in channels]  # type: ignore[no-untyped-call]
         while counts.opened < streams and not stop.is_set():
-            await _wave(stub, min(WAVE, streams - counts.opened), counts)
+            await _wave(stubs, min(WAVE, streams - counts.opened), counts)
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 class StreamStorm:
