@@ -281,3 +281,41 @@ def test_the_stream_book_ends_the_oldest_extra_stream_and_keeps_the_kubelets() -
         assert kubelet.ended == "the plugin is stopping" and len(book) == 0
 
     asyncio.run(scenario())
+
+
+def test_top_level_fields_are_counted_as_protobuf_writes_them() -> None:
+    for count in (0, 1, 255, 256, 257, 1000):
+        request = allocate_request(*(["x" * (i % 300)] for i in range(count)))
+        data = request.SerializeToString()
+        assert server.more_top_level_fields(data, 256) is (count > 256), count
+    # Varints, fixed64/fixed32 and a cut-short message: counted or left to protobuf.
+    assert server.more_top_level_fields(b"\x08\x96\x01\x11" + b"\0" * 8 + b"\x1d\0\0\0\0", 2)
+    assert not server.more_top_level_fields(b"\x0a\xff\xff\xff\xff\x0f", 1)
+    assert not server.more_top_level_fields(b"\x0f" * 10, 5)  # wire type 7: malformed
+
+
+def test_a_request_with_too_many_parts_is_refused_unparsed() -> None:
+    servicer, units = servicer_with("")
+    deserialize = server.bounded_parts(pb.AllocateRequest.FromString, 2)
+    assert isinstance(
+        deserialize(allocate_request([units[0]]).SerializeToString()), pb.AllocateRequest
+    )
+    too_many = deserialize(allocate_request(*([units[0]] for _ in range(3))).SerializeToString())
+    assert isinstance(too_many, server.TooManyParts)
+    with pytest.raises(Refused) as caught:
+        servicer.allocate_wire(too_many)
+    assert caught.value.details.startswith("Allocate has more than 2 container requests")
+    with pytest.raises(Refused):
+        servicer.preferred_allocation(too_many)
+
+
+def test_a_container_request_naming_more_ids_than_any_snapshot_has_is_refused() -> None:
+    servicer, units = servicer_with("")
+    ids = [units[0]] * (server.MAX_IDS_PER_CONTAINER + 1)
+    with pytest.raises(Refused) as caught:
+        servicer.allocate_wire(allocate_request(ids))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"devices_ids names {len(ids)} device IDs" in caught.value.details
+    request = pb.PreferredAllocationRequest(container_requests=[preferred_request(ids, [], 1)])
+    with pytest.raises(Refused):
+        servicer.preferred_allocation(request)
