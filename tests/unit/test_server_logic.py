@@ -262,21 +262,24 @@ class _Counter(StreamCounter):
         super().__init__(PluginMetrics())
 
 
-def test_the_stream_book_ends_the_oldest_extra_stream_and_keeps_the_kubelets() -> None:
+def test_the_stream_book_refuses_extra_streams_when_full_but_never_the_kubelets() -> None:
     async def scenario() -> None:
         book = StreamBook(_Counter(), limit=3)
         early = book.open()  # before any registration: not the kubelet's
+        extras = [book.open(), book.open()]
+        assert early is not None and not early.kubelet
+        assert book.open() is None  # full: a new extra stream is refused
         book.expect_kubelet()
-        kubelet = book.open()
-        extras = [book.open() for _ in range(5)]
-        assert kubelet.kubelet and not early.kubelet
+        kubelet = book.open()  # full, but the kubelet's: the oldest other one ends
+        assert kubelet is not None and kubelet.kubelet
         assert early.ended and early.wake.is_set()
-        # The kubelet's and the two newest are open; every other one was ended.
-        assert [s.ended == "" for s in extras] == [False, False, False, True, True]
-        assert len(book) == 3 and kubelet.ended == ""
-        book.close(extras[-1])
-        book.close(extras[0])  # ended already: counted once
+        assert [s is not None and s.ended == "" for s in extras] == [True, True]
+        assert len(book) == 3
+        assert book.open() is None
+        book.close(extras[0])
+        book.close(early)  # ended already: counted once
         assert len(book) == 2
+        assert book.open() is not None
         book.end_all()
         assert kubelet.ended == "the plugin is stopping" and len(book) == 0
 
