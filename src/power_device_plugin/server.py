@@ -74,12 +74,14 @@ SERVICE_NAME = "v1beta1.DevicePlugin"
 # ListAndWatch streams open at once. The kubelet holds one (two for a moment while it
 # restarts); the rest is room for tools (a debugging client, the bench).
 MAX_STREAMS = 16
-# Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): more
-# wait in their client, not in the plugin. The kubelet has at most its stream and one
-# call in flight (it admits pods one at a time). A client opening a thousand streams
-# at once on one connection gets them through this many at a time, so the event loop
-# never has a backlog of them in front of the kubelet's Allocate (each costs ~0.4 ms).
-MAX_CALLS_PER_CONNECTION = 8
+# Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). A client
+# opening a thousand streams at once on one connection gets them through this many at
+# a time (the rest wait in the client or are refused, UNAVAILABLE), so the event loop
+# never has more than ~32 x 0.3 ms of them in front of the kubelet's Allocate. The
+# kubelet has its stream and one call in flight (it admits pods one at a time); 8 was
+# tried and refused some of the bench's 8 concurrent Allocates (grpc's Python client
+# does not always wait for a free stream).
+MAX_CALLS_PER_CONNECTION = 32
 # The largest request taken off the wire. The kubelet's largest: a
 # GetPreferredAllocation naming every unit, 10 000 x (79 + 2) bytes ~ 0.8 MB.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024

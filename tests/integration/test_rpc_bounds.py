@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -139,3 +140,24 @@ def test_sigterm_with_streams_open_exits_within_one_second(
     assert code == 0, process.log()
     assert took <= 1.0, (took, process.log()[-2000:])
     assert not process.socket_path.exists()
+
+
+def test_concurrent_calls_beside_the_stream_on_one_connection_are_all_answered(
+    node: FakeNode, kubelet: KubeletStub, plugin_factory: Callable[..., PluginProcess]
+) -> None:
+    _, units = started(node, kubelet, plugin_factory)
+    errors: list[grpc.StatusCode] = []
+
+    def calls() -> None:
+        for _ in range(25):
+            try:
+                kubelet.allocate([units[0]], timeout=10)
+            except grpc.RpcError as error:
+                errors.append(error.code())
+
+    threads = [threading.Thread(target=calls) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
