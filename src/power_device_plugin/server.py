@@ -22,7 +22,8 @@ Bounds, so that no client of the socket can make the plugin grow or starve:
 
 - At most ``MAX_STREAMS`` ListAndWatch streams are open. A new stream beyond it
   is refused (``RESOURCE_EXHAUSTED``) before anything is sent, except the
-  kubelet's: the first stream opened after each Register is taken to be the
+  kubelet's: the first stream opened after each Register and a
+  GetDevicePluginOptions call (what the kubelet does) is taken to be the
   kubelet's, and it ends the oldest other stream instead. Refusing the newest
   extra stream costs the least under a storm (no list sent, no other stream
   woken): 1.0-1.1 s of the plugin's CPU per 3000 streams, against 1.2-1.3 s when
@@ -480,7 +481,9 @@ class StreamBook:
     anything is sent (the cheapest answer under a storm), except the kubelet's,
     which ends the oldest other stream instead: the kubelet always gets its stream.
     The kubelet's is the first stream opened after :meth:`expect_kubelet` (called
-    before each Register; the kubelet opens its stream right after it answers).
+    before each Register) and a GetDevicePluginOptions call (:meth:`options_asked`):
+    after Register the kubelet asks for the options, then opens its stream, while a
+    client that only opens streams never takes the kubelet's place.
     """
 
     def __init__(self, counter: StreamCounter, limit: int) -> None:
@@ -488,15 +491,22 @@ class StreamBook:
         self._limit = limit
         self._open: OrderedDict[_Stream, None] = OrderedDict()
         self._expect_kubelet = False
+        self._options_asked = False
         self.full = f"{limit} ListAndWatch streams are open already, the most there may be"
         self._refused = _RateLimitedLog(f"{self.full}: new streams refused")
 
     def expect_kubelet(self) -> None:
+        self._options_asked = False
         self._expect_kubelet = True
+
+    def options_asked(self) -> None:
+        self._options_asked = self._expect_kubelet
 
     def open(self) -> _Stream | None:
         """The new stream, or None when it is refused."""
-        kubelet, self._expect_kubelet = self._expect_kubelet, False
+        kubelet = self._expect_kubelet and self._options_asked
+        if kubelet:
+            self._expect_kubelet = self._options_asked = False
         if len(self._open) >= self._limit and not kubelet:
             self._refused.add()
             return None
@@ -583,6 +593,7 @@ class DevicePluginService:
     async def GetDevicePluginOptions(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DevicePluginOptions:
+        self.streams.options_asked()
         return self.servicer.options()
 
     async def ListAndWatch(

@@ -161,3 +161,19 @@ def test_concurrent_calls_beside_the_stream_on_one_connection_are_all_answered(
     for thread in threads:
         thread.join(60)
     assert errors == []
+
+
+def test_a_restarted_kubelet_gets_its_stream_while_a_storm_fills_the_socket(
+    node: FakeNode, kubelet: KubeletStub, plugin_factory: Callable[..., PluginProcess]
+) -> None:
+    process, _ = started(node, kubelet, plugin_factory)
+    storm = StreamStorm(process.socket_path, STORM_STREAMS).start()
+    try:
+        time.sleep(0.2)  # the storm is under way
+        kubelet.restart()
+        kubelet.wait_for_registration(2, timeout=10)
+        devices = kubelet.wait_for_list(lambda d: len(d) == 2, timeout=10)
+        assert kubelet.latest_connection().stream_error is None, process.log()[-2000:]
+        kubelet.allocate([sorted(devices)[0]], timeout=CALL_DEADLINE_SECONDS)
+    finally:
+        storm.stop(STORM_SECONDS)

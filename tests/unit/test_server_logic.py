@@ -262,14 +262,16 @@ class _Counter(StreamCounter):
         super().__init__(PluginMetrics())
 
 
-def test_the_stream_book_refuses_extra_streams_when_full_but_never_the_kubelets() -> None:
+def test_the_stream_book_refuses_extra_streams_when_full_but_never_the_kubelets_stream() -> None:
     async def scenario() -> None:
         book = StreamBook(_Counter(), limit=3)
         early = book.open()  # before any registration: not the kubelet's
         extras = [book.open(), book.open()]
         assert early is not None and not early.kubelet
         assert book.open() is None  # full: a new extra stream is refused
-        book.expect_kubelet()
+        book.expect_kubelet()  # registered
+        assert book.open() is None  # a stream without the options call first: not the kubelet
+        book.options_asked()
         kubelet = book.open()  # full, but the kubelet's: the oldest other one ends
         assert kubelet is not None and kubelet.kubelet
         assert early.ended and early.wake.is_set()
