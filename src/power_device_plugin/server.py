@@ -23,8 +23,8 @@ Bounds, so that no client of the socket can make the plugin grow or starve:
 - At most ``MAX_STREAMS`` ListAndWatch streams are open. A new stream beyond it
   is refused (``RESOURCE_EXHAUSTED``) before anything is sent, except the
   kubelet's: the first stream opened after each Register and a
-  GetDevicePluginOptions call (what the kubelet does) is taken to be the
-  kubelet's, and it ends the oldest other stream instead. Refusing the newest
+  GetDevicePluginOptions call from the same user agent (what the kubelet does)
+  is taken to be the kubelet's, and it ends the oldest other stream instead. Refusing the newest
   extra stream costs the least under a storm (no list sent, no other stream
   woken): 1.0-1.1 s of the plugin's CPU per 3000 streams, against 1.2-1.3 s when
   the newest won and the oldest extra stream was ended.
@@ -481,9 +481,12 @@ class StreamBook:
     anything is sent (the cheapest answer under a storm), except the kubelet's,
     which ends the oldest other stream instead: the kubelet always gets its stream.
     The kubelet's is the first stream opened after :meth:`expect_kubelet` (called
-    before each Register) and a GetDevicePluginOptions call (:meth:`options_asked`):
-    after Register the kubelet asks for the options, then opens its stream, while a
-    client that only opens streams never takes the kubelet's place.
+    before each Register) and a GetDevicePluginOptions call (:meth:`options_asked`)
+    by a client with the same user agent: after Register the kubelet asks for the
+    options, then opens its stream. gRPC tells nothing else about a caller (every
+    peer on a unix socket is "unix:"), so a client that opens streams all the time
+    takes the kubelet's place only if it also calls GetDevicePluginOptions with the
+    kubelet's user agent (``grpc-go/...``) right after a registration.
     """
 
     def __init__(self, counter: StreamCounter, limit: int) -> None:
@@ -491,22 +494,24 @@ class StreamBook:
         self._limit = limit
         self._open: OrderedDict[_Stream, None] = OrderedDict()
         self._expect_kubelet = False
-        self._options_asked = False
+        self._kubelet_agent: str | None = None  # of the options call after expect_kubelet
         self.full = f"{limit} ListAndWatch streams are open already, the most there may be"
         self._refused = _RateLimitedLog(f"{self.full}: new streams refused")
 
     def expect_kubelet(self) -> None:
-        self._options_asked = False
+        self._kubelet_agent = None
         self._expect_kubelet = True
 
-    def options_asked(self) -> None:
-        self._options_asked = self._expect_kubelet
+    def options_asked(self, user_agent: str) -> None:
+        if self._expect_kubelet:
+            self._kubelet_agent = user_agent
 
-    def open(self) -> _Stream | None:
-        """The new stream, or None when it is refused."""
-        kubelet = self._expect_kubelet and self._options_asked
+    def open(self, user_agent: str = "") -> _Stream | None:
+        """The new stream (of a client with `user_agent`), or None when it is refused."""
+        kubelet = self._expect_kubelet and self._kubelet_agent == user_agent
         if kubelet:
-            self._expect_kubelet = self._options_asked = False
+            self._expect_kubelet = False
+            self._kubelet_agent = None
         if len(self._open) >= self._limit and not kubelet:
             self._refused.add()
             return None
@@ -593,13 +598,13 @@ class DevicePluginService:
     async def GetDevicePluginOptions(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DevicePluginOptions:
-        self.streams.options_asked()
+        self.streams.options_asked(_user_agent(context))
         return self.servicer.options()
 
     async def ListAndWatch(
         self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        stream = self.streams.open()
+        stream = self.streams.open(_user_agent(context))
         if stream is None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.streams.full)
             return
@@ -657,6 +662,13 @@ class DevicePluginService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.PreStartContainerResponse:
         return pb.PreStartContainerResponse()
+
+
+def _user_agent(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "user-agent":
+            return str(value)
+    return ""
 
 
 def _wire_or_serialize(response: bytes | Message) -> bytes:

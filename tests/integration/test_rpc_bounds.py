@@ -169,7 +169,7 @@ def test_a_restarted_kubelet_gets_its_stream_while_a_storm_fills_the_socket(
     process, _ = started(node, kubelet, plugin_factory)
     storm = StreamStorm(process.socket_path, STORM_STREAMS).start()
     try:
-        time.sleep(0.2)  # the storm is under way
+        time.sleep(0.2)  # the storm is under way: it fills the new socket at once
         kubelet.restart()
         kubelet.wait_for_registration(2, timeout=10)
         devices = kubelet.wait_for_list(lambda d: len(d) == 2, timeout=10)

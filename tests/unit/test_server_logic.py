@@ -270,9 +270,10 @@ def test_the_stream_book_refuses_extra_streams_when_full_but_never_the_kubelets_
         assert early is not None and not early.kubelet
         assert book.open() is None  # full: a new extra stream is refused
         book.expect_kubelet()  # registered
-        assert book.open() is None  # a stream without the options call first: not the kubelet
-        book.options_asked()
-        kubelet = book.open()  # full, but the kubelet's: the oldest other one ends
+        assert book.open("grpc-go/1.65") is None  # no options call first: not the kubelet
+        book.options_asked("grpc-go/1.65")
+        assert book.open("grpc-python/1.85") is None  # another client: not the kubelet
+        kubelet = book.open("grpc-go/1.65")  # full, but the kubelet's: the oldest other ends
         assert kubelet is not None and kubelet.kubelet
         assert early.ended and early.wake.is_set()
         assert [s is not None and s.ended == "" for s in extras] == [True, True]
