@@ -153,13 +153,30 @@ class AdvertisedDevice:
     numa_nodes: tuple[int, ...] = ()
 
 
-class AllocationError(Exception):
-    """A request named an ID that cannot be granted; nothing was granted."""
+# Client input quoted in an error or a log line is cut to this many characters: an
+# ID is at most 79 (see MAX_UNITS), anything longer is not one of ours.
+MAX_QUOTED_CHARS = 80
 
-    def __init__(self, device_id: str, code: str, message: str) -> None:
+
+def quoted(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` as repr() quotes it, cut to a prefix of ``limit`` characters when longer
+    (saying how long it was): client input never reaches a message whole."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+class AllocationError(Exception):
+    """A request named an ID that cannot be granted; nothing was granted.
+
+    ``device_id`` is the first bad ID (whole: for comparison, never for messages);
+    ``bad`` is how many of the request's IDs were bad."""
+
+    def __init__(self, device_id: str, code: str, message: str, bad: int = 1) -> None:
         super().__init__(message)
         self.device_id = device_id
         self.code = code  # "unknown" | "unhealthy"
+        self.bad = bad
 
 
 @dataclass(frozen=True)
@@ -276,18 +293,27 @@ class DeviceSnapshot:
         return counts
 
     def _check(self, ids: Sequence[str]) -> None:
-        for device_id in ids:
-            problem = self._unit_problem.get(device_id)
-            if problem is None:
-                raise AllocationError(
-                    device_id,
-                    "unknown",
-                    f"device ID {device_id!r} is not advertised by this plugin",
-                )
-            if problem:
-                raise AllocationError(
-                    device_id, "unhealthy", f"device ID {device_id!r} is Unhealthy: {problem}"
-                )
+        """Raise for the first bad ID, quoting at most a prefix of it and counting the
+        bad ones among ``ids``."""
+        problems = self._unit_problem
+        bad = [(i, problems.get(i)) for i in ids if problems.get(i) != ""]
+        if not bad:
+            return
+        device_id, problem = bad[0]
+        more = f" ({len(bad)} of {len(ids)} IDs cannot be granted)" if len(bad) > 1 else ""
+        if problem is None:
+            raise AllocationError(
+                device_id,
+                "unknown",
+                f"device ID {quoted(device_id)} is not advertised by this plugin{more}",
+                len(bad),
+            )
+        raise AllocationError(
+            device_id,
+            "unhealthy",
+            f"device ID {quoted(device_id)} is Unhealthy: {problem}{more}",
+            len(bad),
+        )
 
     def allocate(self, ids: Sequence[str]) -> ContainerGrant:
         """The grant for one container's IDs; raises AllocationError, never grants half.

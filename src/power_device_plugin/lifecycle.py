@@ -2,8 +2,14 @@
 
 Recovery is the main path, not a special case: one loop serves the plugin
 socket, registers with the kubelet (retrying with backoff while the kubelet is
-away), then watches. When our socket disappears or `kubelet.sock` is recreated
-(the kubelet restarted) it tears everything down and goes round again.
+away), then watches. When our socket disappears, or `kubelet.sock` is removed
+(the kubelet stopped) or recreated (the kubelet restarted), it tears everything
+down and goes round again.
+
+A kubelet outage is one failed registration however many attempts it takes
+(`pdp_registrations_total{result="failed"}` counts outages, not attempts): the
+first failed attempt is logged as a warning, later ones at debug level, and the
+registration that ends the outage says how long it lasted.
 
 Both sockets are watched through inotify on the plugin directory (a socket
 created or removed wakes the loop at once) with a stat of both every
@@ -19,7 +25,6 @@ import os
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from power_device_plugin.notify import (
     ChangeNotifier,
     NotifyUnavailable,
 )
-from power_device_plugin.server import DevicePluginServicer, add_servicer
+from power_device_plugin.server import DevicePluginServicer, ServingLoop
 from power_device_plugin.watch import release_free_heap
 
 log = logging.getLogger(__name__)
@@ -47,16 +52,10 @@ SAFETY_POLL_SECONDS = 5.0
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
 REGISTER_TIMEOUT_SECONDS = 3.0
-# Open ListAndWatch streams end as soon as stopping the server ends their RPCs
-# (server.ListAndWatch); the grace only lets in-flight unary calls finish.
+# Open ListAndWatch streams are ended first (they return at once, see
+# server.ServingLoop.stop); the grace only lets in-flight unary calls finish, which
+# answer from memory in well under a millisecond.
 STOP_GRACE_SECONDS = 0.5
-# gRPC worker threads. The kubelet holds one ListAndWatch stream (a second one only
-# while it restarts: the old stream ends as soon as its connection does, see
-# server.ListAndWatch), and sends unary calls one pod at a time; calls beyond the
-# pool wait in its queue, they do not fail. 4 leaves at least 2 workers for
-# Allocate even with two streams open, and each idle worker is memory (~90 KiB
-# after a call, plus a malloc arena) that a larger pool only spends in bursts.
-SERVER_THREADS = 4
 
 SocketSignature = tuple[int, int, int]  # (device, inode, ctime_ns)
 
@@ -124,8 +123,12 @@ class PluginLifecycle:
         self._registered = threading.Event()
         # Beaten on every turn of every wait below; /healthz fails when it stops.
         self.heartbeat = Heartbeat("kubelet lifecycle loop")
-        self._executor = ThreadPoolExecutor(max_workers=SERVER_THREADS, thread_name_prefix="grpc")
+        self._serving: ServingLoop | None = None
         self._notifier: ChangeNotifier | None = None
+        # When the current kubelet outage began (monotonic), None while registered or
+        # before the first attempt: an outage is counted and warned about once.
+        self._outage_since: float | None = None
+        self._outage_attempts = 0
         # How the sockets are watched: "inotify" or "poll" ("" before run()).
         self.waiting_by = ""
 
@@ -138,6 +141,7 @@ class PluginLifecycle:
         delays = backoff_delays(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
         failures = 0
         self._notifier = self._open_notifier()
+        self._serving = ServingLoop(self._servicer)
         try:
             while not self._stopping.is_set():
                 self.heartbeat.beat()
@@ -158,7 +162,9 @@ class PluginLifecycle:
             if self._notifier is not None:
                 self._notifier.close()
                 self._notifier = None
-            self._executor.shutdown(wait=False)
+            serving, self._serving = self._serving, None
+            if serving is not None:
+                serving.close()
             log.info("plugin stopped")
 
     def _open_notifier(self) -> ChangeNotifier | None:
@@ -198,7 +204,9 @@ class PluginLifecycle:
         return self._stopping.wait(min(timeout, POLL_SECONDS))
 
     def _one_round(self) -> None:
-        server, own = self._serve()
+        serving = self._serving
+        assert serving is not None, "run() sets it up"
+        own = self._serve(serving)
         try:
             kubelet = self._register(own)
             if kubelet is None:
@@ -208,23 +216,18 @@ class PluginLifecycle:
                 log.warning("%s: registering again", reason)
         finally:
             self._registered.clear()
-            server.stop(STOP_GRACE_SECONDS).wait()
+            serving.stop(STOP_GRACE_SECONDS)
             self._remove_socket(own)
 
-    def _serve(self) -> tuple[grpc.Server, SocketSignature | None]:
+    def _serve(self, serving: ServingLoop) -> SocketSignature | None:
         path = self.endpoint.socket_path
         self._remove_stale(path)
-        server = grpc.server(self._executor)
-        add_servicer(self._servicer, server)
         try:
-            port = server.add_insecure_port(f"unix://{path}")
-        except RuntimeError as error:  # newer grpcio raises, older ones return 0
-            raise OSError(f"cannot bind {path}: {error}") from None
-        if port == 0:
-            raise OSError(f"cannot bind {path} (does {self.endpoint.plugin_dir} exist?)")
-        server.start()
+            serving.serve(f"unix://{path}")
+        except OSError as error:
+            raise OSError(f"{error} (does {self.endpoint.plugin_dir} exist?)") from None
         log.info("serving %s on %s", self.endpoint.resource, path)
-        return server, socket_signature(path)
+        return socket_signature(path)
 
     def _remove_stale(self, path: Path) -> None:
         try:
@@ -255,21 +258,11 @@ class PluginLifecycle:
             if error is None:
                 self._registered.set()
                 self._metrics.registrations.labels(result="ok").inc()
-                log.info(
-                    "registered %s with the kubelet at %s",
-                    self.endpoint.resource,
-                    self.endpoint.kubelet_socket,
-                )
+                self._registered_after_outage()
                 return kubelet
-            self._metrics.registrations.labels(result="failed").inc()
             delay = delays[min(attempt, len(delays) - 1)]
             attempt += 1
-            log.warning(
-                "kubelet not reachable at %s (%s); retrying in %.1fs",
-                self.endpoint.kubelet_socket,
-                error,
-                delay,
-            )
+            self._registration_failed(error, delay)
             # Wait out the delay, but retry at once when kubelet.sock appears
             # or is replaced, and start over if our own socket was removed.
             deadline = time.monotonic() + delay
@@ -286,8 +279,46 @@ class PluginLifecycle:
                     break
         return None
 
+    def _registration_failed(self, error: str, delay: float) -> None:
+        """Count and warn once per outage; later attempts are logged at debug level."""
+        self._outage_attempts += 1
+        level = logging.DEBUG
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._metrics.registrations.labels(result="failed").inc()
+            level = logging.WARNING
+        log.log(
+            level,
+            "kubelet not reachable at %s (%s); retrying in %.1fs (backing off to %.0fs)",
+            self.endpoint.kubelet_socket,
+            error,
+            delay,
+            MAX_BACKOFF_SECONDS,
+        )
+
+    def _registered_after_outage(self) -> None:
+        if self._outage_since is None:
+            log.info(
+                "registered %s with the kubelet at %s",
+                self.endpoint.resource,
+                self.endpoint.kubelet_socket,
+            )
+        else:
+            log.info(
+                "registered %s with the kubelet at %s after %d failed attempts in %.1fs",
+                self.endpoint.resource,
+                self.endpoint.kubelet_socket,
+                self._outage_attempts,
+                time.monotonic() - self._outage_since,
+            )
+        self._outage_since = None
+        self._outage_attempts = 0
+
     def _try_register(self) -> str | None:
         """One Register call; the error in words, or None on success."""
+        if self._serving is not None:
+            # The kubelet opens its ListAndWatch stream as Register returns (or before).
+            self._serving.expect_kubelet()
         # A private subchannel pool: after a kubelet restart a shared pool could
         # hand back the dead connection to the old kubelet.sock.
         with grpc.insecure_channel(
@@ -315,6 +346,9 @@ class PluginLifecycle:
                 trimmed = True
             if socket_signature(self.endpoint.socket_path) != own:
                 return f"plugin socket {self.endpoint.socket_path} was removed"
-            if socket_signature(self.endpoint.kubelet_socket) != kubelet:
-                return f"{self.endpoint.kubelet_socket} was recreated (kubelet restarted)"
+            now = socket_signature(self.endpoint.kubelet_socket)
+            if now is None:
+                return f"{self.endpoint.kubelet_socket} was removed (the kubelet stopped)"
+            if now != kubelet:
+                return f"{self.endpoint.kubelet_socket} was recreated (the kubelet restarted)"
         return None

@@ -32,7 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from power_device_plugin.devices import HEALTHY, UNHEALTHY, DeviceSnapshot
 
 HEALTH_VALUES = (HEALTHY, UNHEALTHY)
-ALLOCATION_RESULTS = ("ok", "unknown", "unhealthy")
+ALLOCATION_RESULTS = ("ok", "unknown", "unhealthy", "too_large")
 REGISTRATION_RESULTS = ("ok", "failed")
 SCAN_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -232,12 +232,12 @@ class PluginMetrics:
         )
         self.allocations = Counter(
             "pdp_allocations",
-            "Allocate calls answered, by result (ok, unknown, unhealthy).",
+            "Allocate calls answered, by result (ok, unknown, unhealthy, too_large).",
             ("result",),
         )
         self.registrations = Counter(
             "pdp_registrations",
-            "Register calls made to the kubelet, by result (ok, failed).",
+            "Registrations with the kubelet, by result (ok; failed: once per outage).",
             ("result",),
         )
         self.config_errors = Counter(

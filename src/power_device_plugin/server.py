@@ -1,21 +1,58 @@
-"""The `v1beta1.DevicePlugin` gRPC servicer.
+"""The `v1beta1.DevicePlugin` gRPC service, served on `grpc.aio`.
 
 It only publishes snapshots and answers from the current one: no scans and no
 config reads happen on a call path. New snapshots arrive through a
 `DeviceState` subscription and are pushed into every open ListAndWatch stream.
+
+Why asyncio. With the thread-pool server every open ListAndWatch stream held one
+of the pool's workers for as long as it was open, so a few extra streams beside
+the kubelet's left Allocate waiting in the pool's queue (4 workers, 3 extra
+streams: DEADLINE_EXCEEDED after 5 s; 1000 streams opened: 106 first lists in
+8 s). More workers only move the cliff and cost a thread each. On `grpc.aio` a
+stream is a coroutine waiting on an `asyncio.Event`, not a thread: every call,
+unary or stream, is answered by the one event-loop thread, and nothing an
+answer does blocks (answers come from the snapshot in memory, pre-serialised).
+Reserved unary workers on the thread-pool server were the other option; the
+sync server hands every call to one FIFO executor, so reserving workers means
+telling streams from unary calls inside the executor, which the API does not
+offer. Measured with `bench/rpc_storm.py` (docs/plugin.md, Performance):
+Allocate p99 under 1 ms idle and a few ms while 1000 streams open and drop.
+
+Bounds, so that no client of the socket can make the plugin grow or starve:
+
+- At most ``MAX_STREAMS`` ListAndWatch streams are open. A new stream beyond it
+  is refused (``RESOURCE_EXHAUSTED``) before anything is sent, except the
+  kubelet's: the first stream opened after each Register and a
+  GetDevicePluginOptions call from the same user agent (what the kubelet does)
+  is taken to be the kubelet's, and it ends the oldest other stream instead. Refusing the newest
+  extra stream costs the least under a storm (no list sent, no other stream
+  woken): 1.0-1.1 s of the plugin's CPU per 3000 streams, against 1.2-1.3 s when
+  the newest won and the oldest extra stream was ended.
+- A request is at most ``MAX_REQUEST_BYTES`` (the largest the kubelet can send
+  is ~0.8 MB: 10 000 units of at most 79 characters), an Allocate has at most
+  ``MAX_CONTAINER_REQUESTS`` container requests and its answer at most
+  ``MAX_ANSWER_BYTES`` (the kubelet takes 4 MiB): beyond, ``INVALID_ARGUMENT``.
+- Error details and log lines quote client input cut to a short prefix
+  (``devices.quoted``) and say how many items were bad.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 from google.protobuf.message import Message
 
 from power_device_plugin import cdi
-from power_device_plugin.api import pb, rpc
+from power_device_plugin.api import pb
+from power_device_plugin.devices import MAX_UNITS as MAX_IDS_PER_CONTAINER
 from power_device_plugin.devices import (
     AdvertisedDevice,
     AllocationError,
@@ -23,23 +60,114 @@ from power_device_plugin.devices import (
     DeviceSnapshot,
     DeviceState,
     GrantKey,
+    quoted,
 )
 from power_device_plugin.metrics import PluginMetrics
 
 log = logging.getLogger(__name__)
 
-# How long a ListAndWatch stream waits for a new snapshot before it looks
-# again at whether it was cancelled or the plugin is stopping. New snapshots,
-# the end of the RPC (a callback closes the subscription) and stopping (which
-# closes every subscription) all wake it at once: this is only a safety net.
+# How long the snapshot feed waits for a change before it looks again at whether
+# it was closed. A change and closing both wake it at once: this is only a safety net.
 STREAM_WAKE_SECONDS = 30.0
 
 SERVICE_NAME = "v1beta1.DevicePlugin"
+
+# ListAndWatch streams open at once. The kubelet holds one (two for a moment while it
+# restarts); the rest is room for tools (a debugging client, the bench).
+MAX_STREAMS = 16
+# Calls in flight on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). A client
+# opening a thousand streams at once on one connection gets them through this many at
+# a time (the rest wait in the client or are refused, UNAVAILABLE), so the event loop
+# never has more than ~32 x 0.3 ms of them in front of the kubelet's Allocate. The
+# kubelet has its stream and one call in flight (it admits pods one at a time); 8 was
+# tried and refused some of the bench's 8 concurrent Allocates (grpc's Python client
+# does not always wait for a free stream).
+MAX_CALLS_PER_CONNECTION = 32
+# The largest request taken off the wire. The kubelet's largest: a
+# GetPreferredAllocation naming every unit, 10 000 x (79 + 2) bytes ~ 0.8 MB.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+# Container requests in one Allocate. The kubelet sends one per call (one container).
+MAX_CONTAINER_REQUESTS = 256
+# The largest Allocate answer: what a gRPC client takes by default (the kubelet's).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# Refused or ended calls are summed up in one log line at most this often.
+LOG_EVERY_SECONDS = 10.0
 
 _ERROR_CODES = {
     "unknown": grpc.StatusCode.INVALID_ARGUMENT,
     "unhealthy": grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+
+class TooManyParts:
+    """What a request's deserialiser gives instead of a message with more than
+    ``limit`` container requests: it is refused without being parsed (parsing
+    100 000 container requests costs ~20 MiB and tens of milliseconds)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A varint at `pos`: (value, position after it); past the end when cut short."""
+    result = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    return result, len(data) + 1
+
+
+def more_top_level_fields(data: bytes, limit: int) -> bool:
+    """Whether the serialised message `data` has more than `limit` top-level fields
+    (repeated ones counted once per element); reads at most ``limit + 1`` of them.
+    Malformed data answers False: protobuf's parser then says what is wrong."""
+    pos = count = 0
+    while pos < len(data):
+        count += 1
+        if count > limit:
+            return True
+        tag, pos = _read_varint(data, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            return False
+    return False
+
+
+R = TypeVar("R")
+
+
+def bounded_parts(parse: Callable[[bytes], R], limit: int) -> Callable[[bytes], R | TooManyParts]:
+    """A request deserialiser that gives :class:`TooManyParts` for more than `limit`
+    container requests (the only top-level field of the requests it is used for)."""
+
+    def deserialize(data: bytes) -> R | TooManyParts:
+        if more_top_level_fields(data, limit):
+            return TooManyParts(limit)
+        return parse(data)
+
+    return deserialize
+
+
+class Refused(Exception):
+    """A call answered with an error status; nothing was granted."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 def list_response(devices: Sequence[AdvertisedDevice]) -> pb.ListAndWatchResponse:
@@ -162,8 +290,10 @@ class StreamCounter:
             return self._open
 
 
-class DevicePluginServicer(rpc.DevicePluginServicer):
-    """Answers the kubelet from `state`; ends its streams when `stopping` is set."""
+class DevicePluginServicer:
+    """The answers, from `state`'s current snapshot: plain functions of a request that
+    return the answer or raise :class:`Refused`. :class:`DevicePluginService` puts them
+    on the wire; ``stopping`` ends its streams."""
 
     def __init__(
         self,
@@ -174,71 +304,62 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
     ) -> None:
         self._state = state
         self._metrics = metrics
-        self._stopping = stopping
+        self.stopping = stopping
         self.streams = streams if streams is not None else StreamCounter(metrics)
         self._grants = GrantWireCache()
+        self._list_lock = threading.Lock()
+        self._list_wire: tuple[tuple[AdvertisedDevice, ...], bytes] | None = None
 
-    def GetDevicePluginOptions(
-        self, request: pb.Empty, context: grpc.ServicerContext
-    ) -> pb.DevicePluginOptions:
+    @property
+    def state(self) -> DeviceState:
+        return self._state
+
+    def options(self) -> pb.DevicePluginOptions:
         mode = self._state.current().cdi_mode
         log.info("GetDevicePluginOptions: cdi %s: %s", mode, cdi.CDI_MODE_NEEDS[mode])
         return pb.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         )
 
-    def ListAndWatch(
-        self, request: pb.Empty, context: grpc.ServicerContext
-    ) -> Iterator[pb.ListAndWatchResponse]:
-        # Subscribe before reading the current snapshot, so a change between
-        # the two is never lost (at worst the same list is seen twice and skipped).
-        subscription = self._state.subscribe()
-        # The RPC ending (kubelet gone, cancelled, server stopped) closes the
-        # subscription, which wakes the wait below: a dead stream frees its worker at once.
-        context.add_callback(subscription.close)
-        self.streams.opened()
-        try:
-            sent = self._state.current().devices
-            log.info("ListAndWatch opened: sending %d devices", len(sent))
-            yield list_response(sent)
-            while context.is_active() and not self._stopping.is_set():
-                snapshot = subscription.wait(STREAM_WAKE_SECONDS)
-                if snapshot is None or snapshot.devices == sent:
-                    continue
-                sent = snapshot.devices
-                log.info("ListAndWatch update: sending %d devices", len(sent))
-                yield list_response(sent)
-        finally:
-            subscription.close()
-            self.streams.closed()
-            log.info("ListAndWatch closed")
+    def list_wire(self, devices: tuple[AdvertisedDevice, ...]) -> bytes:
+        """The ListAndWatchResponse of `devices`, serialised once for every stream."""
+        with self._list_lock:
+            cached = self._list_wire
+            if cached is not None and cached[0] is devices:
+                return cached[1]
+        wire = list_response(devices).SerializeToString()
+        with self._list_lock:
+            self._list_wire = (devices, wire)
+        return wire
 
-    def GetPreferredAllocation(
-        self, request: pb.PreferredAllocationRequest, context: grpc.ServicerContext
+    def preferred_allocation(
+        self, request: pb.PreferredAllocationRequest | TooManyParts
     ) -> pb.PreferredAllocationResponse:
         # One snapshot for the whole request, as for Allocate.
         snapshot = self._state.current()
+        request = _check_container_count("GetPreferredAllocation", request)
         responses = []
         for index, container in enumerate(request.container_requests):
+            _check_id_count(index, "available_deviceIDs", len(container.available_deviceIDs))
+            _check_id_count(index, "must_include_deviceIDs", len(container.must_include_deviceIDs))
             size = container.allocation_size
             if size < 0:
-                message = (
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
                     f"container request {index}: allocation_size is {size}, "
-                    "it must be 0 or more; no preference given"
+                    "it must be 0 or more; no preference given",
                 )
-                log.warning("GetPreferredAllocation refused: %s", message)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-                raise AssertionError("context.abort() returned")  # it raises
             available = list(container.available_deviceIDs)
             must_include = list(container.must_include_deviceIDs)
-            outside = sorted(set(must_include) - set(available))
+            outside = set(must_include).difference(available)
             if outside:
                 # The kubelet never asks this; answering only from `available` is the contract.
                 log.warning(
-                    "GetPreferredAllocation container request %d: must_include_deviceIDs "
-                    "%s are not in available_deviceIDs; left out of the answer",
+                    "GetPreferredAllocation container request %d: %d must_include_deviceIDs "
+                    "(first %s) are not in available_deviceIDs; left out of the answer",
                     index,
-                    outside,
+                    len(outside),
+                    quoted(min(outside)),
                 )
             responses.append(
                 pb.ContainerPreferredAllocationResponse(
@@ -247,37 +368,49 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
             )
         return pb.PreferredAllocationResponse(container_responses=responses)
 
-    def Allocate(
-        self, request: pb.AllocateRequest, context: grpc.ServicerContext
-    ) -> pb.AllocateResponse:
-        """The answer as a message (the server itself sends :meth:`allocate_wire`)."""
-        return pb.AllocateResponse.FromString(self.allocate_wire(request, context))
-
-    def allocate_wire(self, request: pb.AllocateRequest, context: grpc.ServicerContext) -> bytes:
+    def allocate_wire(self, request: pb.AllocateRequest | TooManyParts) -> bytes:
         """Allocate's answer, serialised: assembled from the snapshot's cached grants."""
         # One snapshot for the whole request: every container is answered from
         # the same list, and any refusal refuses the whole request.
         snapshot = self._state.current()
+        try:
+            request = _check_container_count("Allocate", request)
+            for index, container in enumerate(request.container_requests):
+                _check_id_count(index, "devices_ids", len(container.devices_ids))
+        except Refused:
+            self._metrics.allocations.labels(result="too_large").inc()
+            raise
+        count = len(request.container_requests)
         responses = []
+        size = 0
         for index, container in enumerate(request.container_requests):
             try:
                 key = snapshot.grant_key(container.devices_ids)
             except AllocationError as error:
                 self._metrics.allocations.labels(result=error.code).inc()
-                message = f"container request {index} (devices_ids): {error}; nothing was allocated"
-                log.warning("Allocate refused: %s", message)
-                context.abort(
-                    _ERROR_CODES.get(error.code, grpc.StatusCode.INVALID_ARGUMENT), message
+                raise Refused(
+                    _ERROR_CODES.get(error.code, grpc.StatusCode.INVALID_ARGUMENT),
+                    f"container request {index} of {count} (devices_ids): {error}; "
+                    "nothing was allocated",
+                ) from None
+            part = self._grants.container_wire(snapshot, key)
+            size += len(part) + 1 + len(_varint(len(part)))
+            if size > MAX_ANSWER_BYTES:
+                self._metrics.allocations.labels(result="too_large").inc()
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the answer to {count} container requests would be more than "
+                    f"{MAX_ANSWER_BYTES} bytes (reached at container request {index}); "
+                    "ask in several calls; nothing was allocated",
                 )
-                raise  # abort() raises; this keeps type checkers and readers sure of it
-            responses.append(self._grants.container_wire(snapshot, key))
+            responses.append(part)
             if log.isEnabledFor(logging.DEBUG):
                 grant = snapshot.grant_for(key)
                 log.debug(
-                    "Allocate container request %d: units %s granted %d device nodes, "
+                    "Allocate container request %d: %d units granted %d device nodes, "
                     "%d CDI devices, PDP_DEVICES=%s",
                     index,
-                    list(container.devices_ids),
+                    len(container.devices_ids),
                     len(grant.devices),
                     len(grant.cdi_devices),
                     grant.envs.get("PDP_DEVICES", ""),
@@ -285,25 +418,343 @@ class DevicePluginServicer(rpc.DevicePluginServicer):
         self._metrics.allocations.labels(result="ok").inc()
         return allocate_response_wire(responses)
 
-    def PreStartContainer(
-        self, request: pb.PreStartContainerRequest, context: grpc.ServicerContext
+
+M = TypeVar("M", pb.AllocateRequest, pb.PreferredAllocationRequest)
+
+
+def _check_container_count(call: str, request: M | TooManyParts) -> M:
+    if isinstance(request, TooManyParts):
+        count = f"more than {request.limit}"
+    elif len(request.container_requests) > MAX_CONTAINER_REQUESTS:
+        count = str(len(request.container_requests))
+    else:
+        return request
+    raise Refused(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{call} has {count} container requests, at most {MAX_CONTAINER_REQUESTS} "
+        "are answered in one call (the kubelet sends one per container); nothing was done",
+    )
+
+
+def _check_id_count(index: int, field: str, count: int) -> None:
+    if count > MAX_IDS_PER_CONTAINER:
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"container request {index}: {field} names {count} device IDs, more than the "
+            f"{MAX_IDS_PER_CONTAINER} units the plugin ever advertises; nothing was done",
+        )
+
+
+class _Stream:
+    """One open ListAndWatch stream, as the event loop sees it."""
+
+    __slots__ = ("ended", "kubelet", "wake")
+
+    def __init__(self, kubelet: bool) -> None:
+        self.wake = asyncio.Event()
+        self.ended = ""  # why the plugin ends it ("" while it runs)
+        self.kubelet = kubelet
+
+
+class _RateLimitedLog:
+    """Counts an event and logs it at most every LOG_EVERY_SECONDS, with the count."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._count = 0
+        self._last = -LOG_EVERY_SECONDS
+
+    def add(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= LOG_EVERY_SECONDS:
+            log.warning("%s (%d since the last such line)", self._text, self._count)
+            self._count = 0
+            self._last = now
+
+
+class StreamBook:
+    """The open ListAndWatch streams, oldest first; used from the event loop only
+    (except :meth:`expect_kubelet`).
+
+    At most ``limit`` streams are open. Beyond it, a new stream is refused before
+    anything is sent (the cheapest answer under a storm), except the kubelet's,
+    which ends the oldest other stream instead: the kubelet always gets its stream.
+    The kubelet's is the first stream opened after :meth:`expect_kubelet` (called
+    before each Register) and a GetDevicePluginOptions call (:meth:`options_asked`)
+    by a client with the same user agent: after Register the kubelet asks for the
+    options, then opens its stream. gRPC tells nothing else about a caller (every
+    peer on a unix socket is "unix:"), so a client that opens streams all the time
+    takes the kubelet's place only if it also calls GetDevicePluginOptions with the
+    kubelet's user agent (``grpc-go/...``) right after a registration.
+    """
+
+    def __init__(self, counter: StreamCounter, limit: int) -> None:
+        self._counter = counter
+        self._limit = limit
+        self._open: OrderedDict[_Stream, None] = OrderedDict()
+        self._expect_kubelet = False
+        self._kubelet_agent: str | None = None  # of the options call after expect_kubelet
+        self.full = f"{limit} ListAndWatch streams are open already, the most there may be"
+        self._refused = _RateLimitedLog(f"{self.full}: new streams refused")
+
+    def expect_kubelet(self) -> None:
+        self._kubelet_agent = None
+        self._expect_kubelet = True
+
+    def options_asked(self, user_agent: str) -> None:
+        if self._expect_kubelet:
+            self._kubelet_agent = user_agent
+
+    def open(self, user_agent: str = "") -> _Stream | None:
+        """The new stream (of a client with `user_agent`), or None when it is refused."""
+        kubelet = self._expect_kubelet and self._kubelet_agent == user_agent
+        if kubelet:
+            self._expect_kubelet = False
+            self._kubelet_agent = None
+        if len(self._open) >= self._limit and not kubelet:
+            self._refused.add()
+            return None
+        if kubelet:
+            for older in self._open:
+                older.kubelet = False
+            if len(self._open) >= self._limit:
+                oldest = next(iter(self._open))
+                self._end(oldest, f"{self.full}; the kubelet's new stream takes its place")
+                log.warning("%s: the oldest was ended for the kubelet's new stream", self.full)
+        stream = _Stream(kubelet)
+        self._open[stream] = None
+        self._counter.opened()
+        return stream
+
+    def close(self, stream: _Stream) -> None:
+        if stream in self._open:  # not ended by the plugin already
+            del self._open[stream]
+            self._counter.closed()
+
+    def _end(self, stream: _Stream, why: str) -> None:
+        self._open.pop(stream, None)
+        self._counter.closed()
+        stream.ended = why
+        stream.wake.set()
+
+    def wake_all(self) -> None:
+        for stream in self._open:
+            stream.wake.set()
+
+    def end_all(self) -> None:
+        for stream in list(self._open):
+            self._end(stream, "the plugin is stopping")
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class DevicePluginService:
+    """The servicer's answers as `grpc.aio` handlers; runs on the event loop."""
+
+    def __init__(self, servicer: DevicePluginServicer, max_streams: int | None = None) -> None:
+        self.servicer = servicer
+        self.streams = StreamBook(
+            servicer.streams, MAX_STREAMS if max_streams is None else max_streams
+        )
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "GetDevicePluginOptions": grpc.unary_unary_rpc_method_handler(
+                    self.GetDevicePluginOptions,
+                    request_deserializer=pb.Empty.FromString,
+                    response_serializer=_wire_or_serialize,
+                ),
+                "ListAndWatch": grpc.unary_stream_rpc_method_handler(
+                    self.ListAndWatch,
+                    request_deserializer=pb.Empty.FromString,
+                    response_serializer=_wire_or_serialize,
+                ),
+                "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
+                    self.GetPreferredAllocation,
+                    request_deserializer=bounded_parts(
+                        pb.PreferredAllocationRequest.FromString, MAX_CONTAINER_REQUESTS
+                    ),
+                    response_serializer=_wire_or_serialize,
+                ),
+                "Allocate": grpc.unary_unary_rpc_method_handler(
+                    self.Allocate,
+                    request_deserializer=bounded_parts(
+                        pb.AllocateRequest.FromString, MAX_CONTAINER_REQUESTS
+                    ),
+                    response_serializer=_wire_or_serialize,
+                ),
+                "PreStartContainer": grpc.unary_unary_rpc_method_handler(
+                    self.PreStartContainer,
+                    request_deserializer=pb.PreStartContainerRequest.FromString,
+                    response_serializer=_wire_or_serialize,
+                ),
+            },
+        )
+
+    async def GetDevicePluginOptions(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DevicePluginOptions:
+        self.streams.options_asked(_user_agent(context))
+        return self.servicer.options()
+
+    async def ListAndWatch(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        stream = self.streams.open(_user_agent(context))
+        if stream is None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.streams.full)
+            return
+        # The kubelet's stream is logged; extra ones (tools, a storm) at debug level.
+        level = logging.INFO if stream.kubelet else logging.DEBUG
+        state = self.servicer.state
+        try:
+            sent = state.current().devices
+            log.log(level, "ListAndWatch opened: sending %d devices", len(sent))
+            yield self.servicer.list_wire(sent)
+            while True:
+                await stream.wake.wait()
+                stream.wake.clear()
+                if stream.ended or self.servicer.stopping.is_set():
+                    break
+                devices = state.current().devices
+                if devices == sent:
+                    continue
+                sent = devices
+                log.log(level, "ListAndWatch update: sending %d devices", len(sent))
+                yield self.servicer.list_wire(sent)
+            if stream.ended and not self.servicer.stopping.is_set():
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, stream.ended)
+        finally:
+            self.streams.close(stream)
+            log.log(level, "ListAndWatch closed")
+
+    async def GetPreferredAllocation(
+        self,
+        request: pb.PreferredAllocationRequest | TooManyParts,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.PreferredAllocationResponse:
+        try:
+            return self.servicer.preferred_allocation(request)
+        except Refused as refused:
+            log.warning("GetPreferredAllocation refused: %s", refused.details)
+            await context.abort(refused.code, refused.details)
+            raise  # abort() raises; this keeps type checkers and readers sure of it
+
+    async def Allocate(
+        self,
+        request: pb.AllocateRequest | TooManyParts,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> bytes:
+        try:
+            return self.servicer.allocate_wire(request)
+        except Refused as refused:
+            log.warning("Allocate refused: %s", refused.details)
+            await context.abort(refused.code, refused.details)
+            raise
+
+    async def PreStartContainer(
+        self,
+        request: pb.PreStartContainerRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.PreStartContainerResponse:
         return pb.PreStartContainerResponse()
+
+
+def _user_agent(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "user-agent":
+            return str(value)
+    return ""
 
 
 def _wire_or_serialize(response: bytes | Message) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 
-def add_servicer(servicer: DevicePluginServicer, server: grpc.Server) -> None:
-    """Attach the servicer to a gRPC server: the generated handlers, except that
-    Allocate sends the pre-serialised answer as it is."""
-    allocate = grpc.unary_unary_rpc_method_handler(
-        servicer.allocate_wire,
-        request_deserializer=pb.AllocateRequest.FromString,
-        response_serializer=_wire_or_serialize,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Allocate": allocate}),)
-    )
-    rpc.add_DevicePluginServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+T = TypeVar("T")
+
+
+class ServingLoop:
+    """The event loop the gRPC server runs on, in a thread of its own, and a thread
+    that carries `DeviceState`'s changes into it (a `Subscription` wait is blocking).
+
+    ``serve``/``stop`` are called from the lifecycle thread and return once done;
+    one server at a time.
+    """
+
+    def __init__(self, servicer: DevicePluginServicer, max_streams: int | None = None) -> None:
+        self.service = DevicePluginService(servicer, max_streams)
+        self._servicer = servicer
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="grpc-loop", daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self._subscription = servicer.state.subscribe()
+        self._feed_thread = threading.Thread(target=self._feed, name="grpc-feed", daemon=True)
+        self._loop_thread.start()
+        self._feed_thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _feed(self) -> None:
+        subscription = self._subscription
+        while not subscription.closed:
+            if subscription.wait(STREAM_WAKE_SECONDS) is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self.service.streams.wake_all)
+                except RuntimeError:  # the loop is closed: stopping
+                    return
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def expect_kubelet(self) -> None:
+        """The next stream opened is the kubelet's (call before each Register)."""
+        self.service.streams.expect_kubelet()
+
+    def serve(self, address: str) -> None:
+        """Serve on `address` (``unix://path``); raises OSError when it cannot bind."""
+        self._server = self.run(self._serve(address))
+
+    async def _serve(self, address: str) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            handlers=(self.service.handler(),),
+            options=(
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
+                ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
+            ),
+        )
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as error:  # newer grpcio raises, older ones return 0
+            raise OSError(f"cannot bind {address}: {error}") from None
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        return server
+
+    def stop(self, grace: float) -> None:
+        """End every stream (they return at once), then stop the server; in-flight
+        unary calls get `grace` seconds."""
+        server, self._server = self._server, None
+        if server is not None:
+            self.run(self._stop(server, grace))
+
+    async def _stop(self, server: grpc.aio.Server, grace: float) -> None:
+        self.service.streams.end_all()
+        await server.stop(grace)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the feed and the loop and wait for both threads (at most `timeout` each)."""
+        self._subscription.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout)
+        self._feed_thread.join(timeout)
+        if not self._loop_thread.is_alive():
+            self._loop.close()

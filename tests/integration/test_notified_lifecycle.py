@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from power_device_plugin.devices import DeviceState
 from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
 from power_device_plugin.metrics import PluginMetrics
 from power_device_plugin.notify import WakingEvent
-from power_device_plugin.server import DevicePluginServicer, add_servicer
+from power_device_plugin.server import DevicePluginServicer, ServingLoop
 
 AN_HOUR = 3600.0
 
@@ -80,26 +79,22 @@ def test_a_kubelet_restart_is_noticed_through_the_plugin_directory(
 def test_the_old_stream_ends_when_the_kubelet_restarts(
     running_plugin: tuple[PluginLifecycle, KubeletStub, DeviceState],
 ) -> None:
-    plugin, kubelet, state = running_plugin
+    plugin, kubelet, _ = running_plugin
     kubelet.wait_for_registration(1, timeout=10.0)
-    assert _until(lambda: state.subscriber_count() == 1)
+    assert _until(lambda: plugin._servicer.streams.open == 1)
     kubelet.restart()
     kubelet.wait_for_registration(2, timeout=10.0)
-    # One stream: the new kubelet's. The old one's worker was freed, not left waiting.
-    assert _until(lambda: plugin.ready() and state.subscriber_count() == 1)
+    # One stream: the new kubelet's. The old one ended with its server, not left waiting.
+    assert _until(lambda: plugin.ready() and plugin._servicer.streams.open == 1)
     assert _until(lambda: kubelet.latest_connection().lists != [])
 
 
-def test_a_cancelled_stream_closes_its_subscription_at_once(
-    tmp_path: Path, no_periodic_checks: None
-) -> None:
+def test_a_cancelled_stream_is_closed_at_once(tmp_path: Path, no_periodic_checks: None) -> None:
     state = DeviceState()
     servicer = DevicePluginServicer(state, PluginMetrics(), threading.Event())
-    grpc_server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    add_servicer(servicer, grpc_server)
+    serving = ServingLoop(servicer)
     socket = tmp_path / "plugin.sock"
-    grpc_server.add_insecure_port(f"unix://{socket}")
-    grpc_server.start()
+    serving.serve(f"unix://{socket}")
     try:
         with grpc.insecure_channel(f"unix://{socket}") as channel:
             stub = rpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call]
@@ -108,6 +103,39 @@ def test_a_cancelled_stream_closes_its_subscription_at_once(
             assert _until(lambda: servicer.streams.open == 1)
             stream.cancel()
             # STREAM_WAKE_SECONDS is an hour: only the RPC's end can close it.
-            assert _until(lambda: servicer.streams.open == 0 and state.subscriber_count() == 0)
+            assert _until(lambda: servicer.streams.open == 0)
     finally:
-        grpc_server.stop(0).wait()
+        serving.stop(0)
+        serving.close()
+    # One subscription was the serving loop's own feed; closing it ends it.
+    assert state.subscriber_count() == 0
+
+
+def _failed_registrations(plugin: PluginLifecycle) -> float:
+    return plugin._metrics.registrations.labels(result="failed").samples()[0][2]
+
+
+def test_a_kubelet_that_stops_is_logged_as_stopped_and_one_outage_is_one_failure(
+    running_plugin: tuple[PluginLifecycle, KubeletStub, DeviceState],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugin, kubelet, _ = running_plugin
+    kubelet.wait_for_registration(1, timeout=10.0)
+    assert _until(lambda: plugin.ready())
+    with caplog.at_level("DEBUG", logger="power_device_plugin.lifecycle"):
+        kubelet.stop()  # kubelet.sock removed, not recreated
+        assert _until(lambda: "kubelet stopped" in caplog.text)
+        # Three seconds of outage: several attempts (0.1, 0.2, 0.4, 0.8, 1.6 s apart).
+        time.sleep(3.0)
+        kubelet.start()
+        kubelet.wait_for_registration(2, timeout=10.0)
+        assert _until(lambda: "failed attempts in" in caplog.text)
+    assert "recreated" not in caplog.text
+    attempts = caplog.text.count("kubelet not reachable")
+    assert attempts >= 3
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "reachable" in r.msg
+    ]
+    assert len(warnings) == 1, warnings
+    assert _failed_registrations(plugin) == 1
+    assert f"after {attempts} failed attempts in" in caplog.text

@@ -80,13 +80,6 @@ def test_list_and_watch_sends_the_topology(host: FakeHost) -> None:
     state = DeviceState()
     state.update(scan(config, host.dev, host.sys, NOT_USED), config)
     servicer = DevicePluginServicer(state, PluginMetrics(), threading.Event())
-
-    class Context:
-        def is_active(self) -> bool:
-            return False
-
-        def add_callback(self, callback: object) -> bool:
-            return True
-
-    first = next(iter(servicer.ListAndWatch(pb.Empty(), Context())))  # type: ignore[arg-type]
+    # What every ListAndWatch stream sends (serialised once per snapshot).
+    first = pb.ListAndWatchResponse.FromString(servicer.list_wire(state.current().devices))
     assert [[n.ID for n in d.topology.nodes] for d in first.devices] == [[0]]
