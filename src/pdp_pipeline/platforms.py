@@ -38,6 +38,7 @@ class Platform:
 PLATFORMS: tuple[Platform, ...] = (
     #        arch       debian_arch  machine    title        pypi_wheels
     Platform("amd64",   "amd64",     "x86_64",  "x86",       True),
+    Platform("arm64",   "arm64",     "aarch64", "Arm",       True),
     Platform("ppc64le", "ppc64el",   "ppc64le", "IBM Power", False),
     Platform("s390x",   "s390x",     "s390x",   "IBM Z",     False),
 )
