@@ -16,6 +16,12 @@ from invoke import Context, task
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from pdp_pipeline.platforms import PLATFORMS, native  # noqa: E402  (after the path)
+
+# The help texts name the platforms of the one list (src/pdp_pipeline/platforms.py).
+ARCHS = ", ".join(p.arch for p in PLATFORMS)
+NATIVE = native().arch
+
 # --- plugin tasks (protos) ---------------------------------------------------
 
 
@@ -59,13 +65,13 @@ def setup(c: Context) -> None:
 
 @task(
     help={
-        "arch": "all (default), amd64, ppc64le, s390x, or a comma list such as amd64,s390x",
+        "arch": f"all (default), one of {ARCHS}, or a comma list of them",
         "registry": "registry to push to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin)",
         "tag": "image tag (default: git describe --tags --match 'v*' --always --dirty)",
         "base": "ubi9 (default; falls back to debian, loudly, if ubi9 cannot be pulled) or debian",
         "base_image": "a mirror of the ubi9 base (default: the pin in containers/base-images.json)",
-        "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes instead of QEMU",
+        "builder": "buildx builder, e.g. one with native nodes instead of QEMU",
         "push": "push images and index (default); --no-push: local engine only, no index/verify",
         "verify": "run the testinfra suite on the pushed images (default); --no-verify skips it",
         "fallback": "fall back to debian when ubi9 is out of reach (default); --no-fallback fails",
@@ -187,12 +193,13 @@ def verify(c: Context, arch: str = "all", record: str = "") -> None:
 
 @task(
     help={
-        "arch": "architectures whose plugin image runs on the node: amd64 (default), all, a,b",
+        "arch": f"architectures whose plugin image runs on the node: {NATIVE} (default: this"
+        f" host's), all, or a comma list of {ARCHS}",
         "record": "build record to take the images from (default .cache/build/last-build.json)",
         "manifests": "kustomization whose DaemonSet is run (default: manifests)",
     }
 )
-def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "manifests") -> None:
+def e2e(c: Context, arch: str = NATIVE, record: str = "", manifests: str = "manifests") -> None:
     """Node end-to-end: the plugin image, run as the DaemonSet says, grants loop devices.
 
     Needs root. Brings the host up (`setup`) and builds the image (debian base)
@@ -213,7 +220,7 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
 
 @task(
     help={
-        "arch": "architecture to make the wheels image for: amd64, ppc64le or s390x",
+        "arch": f"architecture to make the wheels image for: one of {ARCHS}",
         "compile": "compile on the pinned base (the wheels workflow); default: PyPI binary wheels",
         "registry": "registry to push to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin; -wheels is added)",
@@ -302,6 +309,23 @@ def base_pin(c: Context) -> None:
         bases.refresh_pin("ubi9")
     except bases.BasePinError as error:
         raise SystemExit(f"base-pin: {error}") from None
+
+
+@task(help={"check": "only say which files are stale (exit 1 if any); write nothing"})
+def platform_files(c: Context, check: bool = False) -> None:
+    """Rewrite the blocks of docs and manifests that spell out src/pdp_pipeline/platforms.py."""
+    from pdp_pipeline import platform_files as writing
+
+    try:
+        stale = writing.sync(ROOT, check=check)
+    except writing.PlatformFilesError as error:
+        raise SystemExit(f"platform-files: {error}") from None
+    for name in stale:
+        print(f"platform-files: {'stale' if check else 'wrote'} {name}")
+    if check and stale:
+        raise SystemExit("platform-files: run `invoke platform-files` and commit the result")
+    if not stale:
+        print("platform-files: every block follows the platform list")
 
 
 # --- manifest tasks ----------------------------------------------------------
@@ -396,7 +420,7 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "arch": "architectures: all (default); a dry run may take fewer (a comma list)",
         "base": "dry run only: ubi9 (default; falls back to debian here) or debian",
         "base_image": "dry run only: a mirror of the ubi9 base image",
-        "builder": "buildx builder, e.g. one with native ppc64le/s390x nodes",
+        "builder": "buildx builder, e.g. one with native nodes of foreign architectures",
         "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
         "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
         "out": "directory for the summary, SBOMs and install YAML (default out/release)",

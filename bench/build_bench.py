@@ -4,7 +4,7 @@ Cold: a fresh registry repository (`<prefix>-<time>`), so no runtime image can
 be reused and all are built; with --fresh-rootfs the Debian root file systems
 are made again too (a temporary runtime cache), so nothing at all is reused.
 Warm: the same repository again after touching a file in src/, which is the
-everyday edit-and-rebuild loop; the goal is <= 90 s for three architectures,
+everyday edit-and-rebuild loop; the goal is <= 90 s for every architecture,
 pushed and indexed, with no runtime image rebuilt.
 
 Usage: scripts/in-venv python bench/build_bench.py [--arch all] [--fresh-rootfs]

@@ -1,7 +1,16 @@
-"""The architecture matrix: the one place that knows which platforms we ship."""
+"""The architecture matrix: the one place that knows which platforms we ship.
+
+A new platform is one line in PLATFORMS. Everything else follows from it: the build's
+`--arch` choices, runtimes, wheels, tags, the index, testinfra, the node suite, QEMU
+on the build host, the release. The files that must spell architectures out (the
+DaemonSet's node affinity, the docs' lists and tables) are written from this list by
+`invoke platform-files` (`pdp_pipeline.platform_files`), and a test fails when an
+architecture is named anywhere else (`tests/pipeline/test_platform_names.py`).
+"""
 
 from __future__ import annotations
 
+import platform as host_platform
 from dataclasses import dataclass
 
 
@@ -12,6 +21,11 @@ class Platform:
     arch: str  # Go/OCI spelling, used in image tags: amd64, ppc64le, s390x
     debian_arch: str  # Debian's spelling, for mmdebstrap: amd64, ppc64el, s390x
     machine: str  # what `uname -m` reports inside a container of this platform
+    title: str  # the hardware, as the docs name it: "IBM Power"
+    # PyPI has binary grpcio wheels for this machine: the ubi9 runtime's wheels image
+    # comes from PyPI (`invoke wheels --arch ARCH`); otherwise they are compiled, once,
+    # on a native builder (`--compile`).
+    pypi_wheels: bool
 
     @property
     def platform(self) -> str:
@@ -19,11 +33,16 @@ class Platform:
         return f"linux/{self.arch}"
 
 
+# One line per platform, in the order builds, the index and the docs list them.
+# fmt: off
 PLATFORMS: tuple[Platform, ...] = (
-    Platform(arch="amd64", debian_arch="amd64", machine="x86_64"),
-    Platform(arch="ppc64le", debian_arch="ppc64el", machine="ppc64le"),
-    Platform(arch="s390x", debian_arch="s390x", machine="s390x"),
+    #        arch       debian_arch  machine    title        pypi_wheels
+    Platform("amd64",   "amd64",     "x86_64",  "x86",       True),
+    Platform("arm64",   "arm64",     "aarch64", "Arm",       True),
+    Platform("ppc64le", "ppc64el",   "ppc64le", "IBM Power", False),
+    Platform("s390x",   "s390x",     "s390x",   "IBM Z",     False),
 )
+# fmt: on
 
 _BY_ARCH = {p.arch: p for p in PLATFORMS}
 
@@ -58,3 +77,9 @@ def by_arch(arch: str) -> Platform:
     if name not in _BY_ARCH:
         raise UnknownArchError(f"unknown architecture {arch!r}; known: {', '.join(_BY_ARCH)}")
     return _BY_ARCH[name]
+
+
+def native() -> Platform:
+    """The platform of this host (what runs without QEMU), or the first one we ship."""
+    here = host_platform.machine()
+    return next((p for p in PLATFORMS if p.machine == here), PLATFORMS[0])

@@ -1,8 +1,9 @@
 """Fixtures of the node suite: the engine, the plugin image, the rendered DaemonSet, loop devices.
 
 Settings (environment, so `invoke e2e` and plain pytest read the same):
-- `PDP_E2E_ARCHS`: architectures to run the plugin image of (default `amd64`;
-  e.g. `amd64,s390x`; foreign ones run under QEMU and are slower);
+- `PDP_E2E_ARCHS`: architectures to run the plugin image of (default: this host's own,
+  `platforms.native()`; a comma list of `platforms.PLATFORMS` names; foreign ones run
+  under QEMU and are slower);
 - `PDP_BUILD_RECORD`: the build record to take images from (default
   `.cache/build/last-build.json`; an architecture it lacks is built, debian base);
 - `PDP_E2E_MANIFESTS`: the kustomization to render (default `manifests`).
@@ -25,14 +26,14 @@ from pdp_pipeline import manifests
 from pdp_pipeline.e2e import manifest as e2e_manifest
 from pdp_pipeline.images import build
 from pdp_pipeline.images import record as build_record
-from pdp_pipeline.platforms import by_arch
+from pdp_pipeline.platforms import by_arch, native
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "arch" in metafunc.fixturenames:
-        archs = [a.strip() for a in os.environ.get("PDP_E2E_ARCHS", "amd64").split(",")]
+        archs = [a.strip() for a in os.environ.get("PDP_E2E_ARCHS", native().arch).split(",")]
         metafunc.parametrize("arch", [by_arch(a).arch for a in archs if a], scope="session")
 
 

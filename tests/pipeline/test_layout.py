@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "pdp_pipeline"
 RANKS = {
     "log": 0,
     "platforms": 0,
+    "platform_files": 1,  # writes files from the platform list; nothing imports it
     "host": 1,
     "images": 2,
     "manifests": 3,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from pdp_pipeline.platforms import PLATFORMS
+
 TITLE = "power-device-plugin"
 DESCRIPTION = "Kubernetes device plugin that grants protected host devices to non-privileged pods"
 # Kept equal to [project.urls] Source in pyproject.toml (a unit test compares them).
@@ -51,8 +53,8 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _NOT_TAG_CHAR_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _DISTANCE_RE = re.compile(r"^(?P<tag>.+)-(?P<distance>\d+)-g(?P<sha>[0-9a-f]{4,40})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{4,40}$")
-# The longest architecture suffix we append (`-ppc64le`), so per-arch tags stay valid.
-_ARCH_SUFFIX_ROOM = len("-ppc64le")
+# The longest architecture suffix we append (`-<arch>`), so per-arch tags stay valid.
+_ARCH_SUFFIX_ROOM = max(len(f"-{p.arch}") for p in PLATFORMS)
 MAX_TAG_LENGTH = 128 - _ARCH_SUFFIX_ROOM
 
 

@@ -155,7 +155,7 @@ def missing_message(ref: str, pin: BasePin, platform: Platform, why: str) -> str
         f"no wheels image {ref} ({why}) for {platform.arch}, Python {pin.python}, base "
         f"{pin.ref}, {REQUIREMENTS.name} as committed. A release compiles nothing: make it "
         f"first with `invoke wheels --arch {platform.arch}"
-        f"{' --compile' if platform.arch != 'amd64' else ''}` (a native builder: "
+        f"{'' if platform.pypi_wheels else ' --compile'}` (a native builder: "
         f"--builder NAME) or run the wheels workflow ({WORKFLOW}), then release again."
     )
 
