@@ -20,10 +20,14 @@ confirmed by its ``dev`` file. Only advertised block candidates of the last scan
 are looked at again, with ``discovery.sysfs_problem`` and ``sysfs_identity``, the
 functions the scan uses.
 
-A full scan is needed instead (``Plan.rescan`` says why) when an event adds,
-removes or moves a device, when the kernel dropped events, or when an entry named
-by a change cannot be found; and ``refreshed`` gives None when a device's
-identity changed (a new ID) or its entry went away meanwhile.
+An event that adds, removes or moves a device is not re-read here: it is in
+``Plan.structural``, and the watcher's round compares the trees' signatures (the
+names in ``<sys-root>/block``, the ``/dev`` directories), which such an event
+changes, and scans fully if they differ; a device on the node it advertises that is
+removed makes it scan at once. A full scan is needed (``Plan.rescan`` says why) when
+the kernel dropped events or an entry named by a change cannot be found; and
+``refreshed`` gives None when a device's identity changed (a new ID) or its entry
+went away meanwhile.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Plan:
 
     rescan: str = ""
     entries: Mapping[DeviceNumber, str] = field(default_factory=dict)
+    # The add, remove and move events, left to the signature check (see above).
+    structural: tuple[Uevent, ...] = ()
 
 
 def _text(path: str) -> str | None:
@@ -126,11 +132,13 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
         return Plan(rescan="the kernel dropped uevents (socket buffer full)")
     root = posixpath.normpath(sys_root)
     entries: dict[DeviceNumber, str] = {}
+    structural: list[Uevent] = []
     for event in events:
         if not is_device_event(event):
             continue
         if event.structural:
-            return Plan(rescan=f"{event.action} of {event.devpath}")
+            structural.append(event)
+            continue
         if event.subsystem == "scsi":
             if not _devpath_ok(event.devpath):
                 continue
@@ -143,7 +151,7 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
         _with_dependents(root, entry, entries)
         if len(entries) >= MAX_ENTRIES:
             return Plan(rescan=f"uevents name more than {MAX_ENTRIES} devices")
-    return Plan(entries=entries)
+    return Plan(entries=entries, structural=tuple(structural))
 
 
 def refreshed(result: ScanResult, entries: Mapping[DeviceNumber, str]) -> ScanResult | None:

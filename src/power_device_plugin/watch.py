@@ -26,9 +26,11 @@ limit reached), ``run`` logs it once and falls back to a round every
 Uevents: a ``change`` of a block device (a loop device detached or resized, a dm
 map reloaded after a path failed) re-reads the health facts of just the devices
 it names and those above them (``refresh``), and publishes the list if a problem
-appeared or went; an ``add``, ``remove`` or ``move``, or events the kernel had to
-drop, run a full rescan. A burst of thousands is one round per debounce. Without
-the socket (``UeventsUnavailable``: logged once) everything works as before.
+appeared or went. An ``add``, ``remove`` or ``move`` runs the round's signature
+check, which scans fully when the trees changed (the removal of an advertised
+device scans at once); events the kernel had to drop run a full rescan. A burst of
+thousands is one round per debounce. Without the socket (``UeventsUnavailable``:
+logged once) everything works as before.
 
 Signatures are stats of directories, never of every node: a node appearing or
 disappearing changes its directory's mtime. The watched directories are
@@ -503,6 +505,11 @@ class DeviceWatcher:
         plan = plan_refresh(wake.uevents, wake.uevents_lost, str(self.sys_root))
         if plan.rescan:
             log.debug("full rescan: %s", plan.rescan)
+            return False
+        advertised = {c.rdev for c in result.advertised()}
+        if any(e.action == "remove" and e.rdev in advertised for e in plan.structural):
+            # Its sysfs entry may outlive the event by a moment: do not wait for the
+            # signature to show it.
             return False
         fresh = refreshed(result, plan.entries)
         if fresh is None:

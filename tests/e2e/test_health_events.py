@@ -79,6 +79,7 @@ def test_a_detached_loop_device_turns_unhealthy_and_a_reattached_one_healthy_wit
     losetup(device.path, str(device.backing_file))
     to_healthy = seen_after(node, attached_at, health_is(unit, HEALTHY, other))
 
+    assert "no kernel uevents" not in node.plugin_logs()
     figure("detach_to_unhealthy_seconds", to_unhealthy)
     figure("attach_to_healthy_seconds", to_healthy)
     assert to_unhealthy <= DEADLINE_SECONDS, f"losetup -d seen after {to_unhealthy:.3f} s"

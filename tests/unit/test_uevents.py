@@ -200,10 +200,14 @@ def test_a_scsi_device_event_names_the_disk_under_it(host: FakeHost) -> None:
 
 
 @pytest.mark.parametrize("action", ["add", "remove", "move"])
-def test_a_device_added_removed_or_moved_needs_a_full_scan(host: FakeHost, action: str) -> None:
+def test_a_device_added_removed_or_moved_is_left_to_the_signature_check(
+    host: FakeHost, action: str
+) -> None:
     host.disk("sdb")
     plan = plan_refresh([_event("change", "sdb"), _event(action, "sdc")], False, str(host.sys))
-    assert plan.rescan == f"{action} of /devices/virtual/block/sdc"
+    assert plan.rescan == ""
+    assert [(e.action, e.devname) for e in plan.structural] == [(action, "sdc")]
+    assert [os.path.basename(e) for e in plan.entries.values()] == ["sdb"]
 
 
 def test_lost_events_need_a_full_scan(host: FakeHost) -> None:

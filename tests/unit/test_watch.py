@@ -836,3 +836,32 @@ def test_the_time_strategy_does_not_listen_to_uevents(host: FakeHost, feed: Ueve
     finally:
         stop.set()
         thread.join(2.0)
+
+
+def test_a_remove_uevent_of_an_advertised_device_rescans_at_once(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    _, watcher, scans = loop_like
+    # The kernel sends the event a moment before the sysfs entry goes.
+    feed.send("remove", "loop3", host.number_of("/dev/loop3"))
+    deadline = time.monotonic() + 1.0
+    while len(scans) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(scans) == 2
+    assert watcher.uevent_rounds["rescanned"] == 1
+
+
+def test_an_add_uevent_that_changed_no_tree_scans_nothing(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    # A device of the host's that the trees the plugin reads do not show.
+    _, watcher, scans = loop_like
+    feed.send("add", "loop9", (7, 9))
+    feed.send("remove", "loop8", (7, 8))
+    time.sleep(0.5)
+    assert len(scans) == 1
+    assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
