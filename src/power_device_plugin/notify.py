@@ -319,14 +319,19 @@ class ChangeNotifier:
             if groups:
                 break
         burst_end = time.monotonic() + self._max_burst
+        quiet_end = time.monotonic() + self._debounce
         while GROUP_INTERRUPT not in groups:
-            left = min(self._debounce, burst_end - time.monotonic())
+            left = min(quiet_end, burst_end) - time.monotonic()
             if left <= 0:
                 break
             more = self._poll.poll(_ms(left))
             if not more:
                 break
-            groups |= self._collect(more)
+            new = self._collect(more)
+            if new:
+                # Only what counts extends the quiet spell.
+                groups |= new
+                quiet_end = time.monotonic() + self._debounce
         uevents, lost = tuple(self._pending.values()), self._pending_lost
         self._pending = {}
         self._pending_lost = False

@@ -86,7 +86,7 @@ def _devpath_ok(devpath: str) -> bool:
     return devpath.startswith("/devices/") and posixpath.normpath(devpath) == devpath
 
 
-def _named_entry(sys_root: str, event: Uevent) -> str | None:
+def _named_entry(sys_root: str, event: Uevent) -> tuple[str, DeviceNumber] | None:
     """The sysfs entry of the block device an event names, confirmed by its number."""
     tried: list[str] = []
     if _devpath_ok(event.devpath):
@@ -100,30 +100,36 @@ def _named_entry(sys_root: str, event: Uevent) -> str | None:
     for entry in tried:
         number = _number(entry)
         if number is not None and (event.rdev is None or number == event.rdev):
-            return entry
+            return entry, number
     return None
 
 
-def _with_dependents(sys_root: str, entry: str, entries: dict[DeviceNumber, str]) -> None:
-    """Add ``entry``, its partitions and the maps above it (through holders/)."""
-    todo = [(entry, 0)]
+def _with_dependents(
+    sys_root: str,
+    entry: str,
+    entries: dict[DeviceNumber, str],
+    visited: set[str],
+    number: DeviceNumber | None = None,
+) -> None:
+    """Add ``entry`` (whose number may be known), its partitions and the maps above it
+    (through holders/); ``visited`` spares a batch reading an entry twice."""
+    todo: list[tuple[str, int, DeviceNumber | None]] = [(entry, 0, number)]
     while todo and len(entries) < MAX_ENTRIES:
-        current, depth = todo.pop()
-        number = _number(current)
-        if number is None or number in entries:
+        current, depth, known = todo.pop()
+        if current in visited:
             continue
-        entries[number] = current
+        visited.add(current)
+        found = known if known is not None else _number(current)
+        if found is None or found in entries:
+            continue
+        entries[found] = current
         name = posixpath.basename(current)
-        below = [current]
         for child in list_dir(current):
             if child.startswith(name) and os.path.isfile(f"{current}/{child}/partition"):
-                below.append(f"{current}/{child}")
-                todo.append((f"{current}/{child}", depth))
-        if depth >= MAX_HOLDER_DEPTH:
-            continue
-        for owner in below:
-            for holder in list_dir(owner + "/holders"):
-                todo.append((f"{sys_root}/block/{holder}", depth + 1))
+                todo.append((f"{current}/{child}", depth, None))
+        if depth < MAX_HOLDER_DEPTH:
+            for holder in list_dir(current + "/holders"):
+                todo.append((f"{sys_root}/block/{holder}", depth + 1, None))
 
 
 def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
@@ -132,6 +138,7 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
         return Plan(rescan="the kernel dropped uevents (socket buffer full)")
     root = posixpath.normpath(sys_root)
     entries: dict[DeviceNumber, str] = {}
+    visited: set[str] = set()
     structural: list[Uevent] = []
     for event in events:
         if not is_device_event(event):
@@ -143,12 +150,12 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
             if not _devpath_ok(event.devpath):
                 continue
             for name in list_dir(f"{root}{event.devpath}/block"):
-                _with_dependents(root, f"{root}{event.devpath}/block/{name}", entries)
+                _with_dependents(root, f"{root}{event.devpath}/block/{name}", entries, visited)
             continue
-        entry = _named_entry(root, event)
-        if entry is None:
+        named = _named_entry(root, event)
+        if named is None:
             return Plan(rescan=f"{event.action} of {event.devpath}, whose sysfs entry is gone")
-        _with_dependents(root, entry, entries)
+        _with_dependents(root, named[0], entries, visited, named[1])
         if len(entries) >= MAX_ENTRIES:
             return Plan(rescan=f"uevents name more than {MAX_ENTRIES} devices")
     return Plan(entries=entries, structural=tuple(structural))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -421,3 +422,25 @@ def test_unwatching_uevents_closes_the_socket(notifier: ChangeNotifier, feed: Ue
     notifier.unwatch_uevents()
     assert not notifier.hears_uevents
     assert feed.source().fileno() == -1
+
+
+def test_uevents_of_no_interest_do_not_stretch_the_quiet_spell(feed: UeventFeed) -> None:
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            feed.send("change", "eth0", devpath="/devices/virtual/net/eth0", subsystem="net")
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=chatter)
+    with ChangeNotifier(debounce=0.05, max_burst=3.0) as notifier:
+        notifier.watch_uevents("uevents", _blocks_only, feed.source())
+        feed.send("change", "loop3", (7, 3))
+        sender.start()
+        started = time.monotonic()
+        wake = notifier.wait(5.0)
+        took = time.monotonic() - started
+        stop.set()
+        sender.join(2.0)
+    assert [e.devname for e in wake.uevents] == ["loop3"]
+    assert took < 1.0, f"the wait took {took:.2f} s: events of no interest kept it going"

@@ -283,3 +283,21 @@ def test_a_new_identity_behind_the_same_number_needs_a_full_scan(host: FakeHost)
     host.sysfs("sdb/device/wwid", "naa.2")
     plan = plan_refresh([_event("change", "sdb")], False, str(host.sys))
     assert refreshed(result, plan.entries) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="synthesising a uevent needs root")
+def test_events_the_kernel_dropped_for_a_full_buffer_are_reported_lost() -> None:
+    entry = _a_loop_device()
+    if entry is None:
+        pytest.skip("no loop device on this machine")
+    source = UeventSocket.open()
+    try:
+        # The smallest buffer the kernel allows holds a few events; send many more.
+        source._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        for _ in range(200):
+            Path(entry, "uevent").write_text("change")
+        drained = source.drain()
+    finally:
+        source.close()
+    assert drained.lost
+    assert 0 < len(drained.events) < 200
