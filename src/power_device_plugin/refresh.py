@@ -24,10 +24,11 @@ An event that adds, removes or moves a device is not re-read here: it is in
 ``Plan.structural``, and the watcher's round compares the trees' signatures (the
 names in ``<sys-root>/block``, the ``/dev`` directories), which such an event
 changes, and scans fully if they differ; a device on the node it advertises that is
-removed makes it scan at once. A full scan is needed (``Plan.rescan`` says why) when
-the kernel dropped events or an entry named by a change cannot be found; and
-``refreshed`` gives None when a device's identity changed (a new ID) or its entry
-went away meanwhile.
+removed makes it scan at once. A change whose device has no entry in the plugin's
+sysfs view is in ``Plan.unresolved``: the watcher scans fully only if it advertises
+that device number. A full scan is needed (``Plan.rescan`` says why) when the kernel
+dropped events; and ``refreshed`` gives None when a device's identity changed (a new
+ID) or its entry went away meanwhile.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Plan:
     entries: Mapping[DeviceNumber, str] = field(default_factory=dict)
     # The add, remove and move events, left to the signature check (see above).
     structural: tuple[Uevent, ...] = ()
+    # Changes of devices with no sysfs entry under the root (gone, or never there).
+    unresolved: tuple[Uevent, ...] = ()
 
 
 def _text(path: str) -> str | None:
@@ -140,6 +143,7 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
     entries: dict[DeviceNumber, str] = {}
     visited: set[str] = set()
     structural: list[Uevent] = []
+    unresolved: list[Uevent] = []
     for event in events:
         if not is_device_event(event):
             continue
@@ -154,11 +158,12 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
             continue
         named = _named_entry(root, event)
         if named is None:
-            return Plan(rescan=f"{event.action} of {event.devpath}, whose sysfs entry is gone")
+            unresolved.append(event)
+            continue
         _with_dependents(root, named[0], entries, visited, named[1])
         if len(entries) >= MAX_ENTRIES:
             return Plan(rescan=f"uevents name more than {MAX_ENTRIES} devices")
-    return Plan(entries=entries, structural=tuple(structural))
+    return Plan(entries=entries, structural=tuple(structural), unresolved=tuple(unresolved))
 
 
 def refreshed(result: ScanResult, entries: Mapping[DeviceNumber, str]) -> ScanResult | None:

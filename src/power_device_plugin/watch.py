@@ -511,6 +511,9 @@ class DeviceWatcher:
             # Its sysfs entry may outlive the event by a moment: do not wait for the
             # signature to show it.
             return False
+        if any(e.rdev is None or e.rdev in advertised for e in plan.unresolved):
+            # An advertised device's entry is gone: only a scan can say what is left.
+            return False
         fresh = refreshed(result, plan.entries)
         if fresh is None:
             return False

@@ -214,8 +214,10 @@ def test_lost_events_need_a_full_scan(host: FakeHost) -> None:
     assert "dropped" in plan_refresh([], True, str(host.sys)).rescan
 
 
-def test_a_change_of_a_device_sysfs_no_longer_has_needs_a_full_scan(host: FakeHost) -> None:
-    assert "gone" in plan_refresh([_event("change", "sdq")], False, str(host.sys)).rescan
+def test_a_change_of_a_device_sysfs_does_not_show_is_left_unresolved(host: FakeHost) -> None:
+    plan = plan_refresh([_event("change", "sdq")], False, str(host.sys))
+    assert plan.rescan == ""
+    assert [e.devname for e in plan.unresolved] == ["sdq"]
 
 
 def test_events_of_other_subsystems_name_nothing(host: FakeHost) -> None:

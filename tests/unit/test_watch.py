@@ -865,3 +865,34 @@ def test_an_add_uevent_that_changed_no_tree_scans_nothing(
     time.sleep(0.5)
     assert len(scans) == 1
     assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
+
+
+def test_a_change_uevent_of_a_device_outside_the_trees_scans_nothing(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    _, watcher, scans = loop_like
+    feed.send("change", "loop9", (7, 9))
+    time.sleep(0.5)
+    assert len(scans) == 1
+    assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
+
+
+def test_a_change_uevent_of_an_advertised_device_whose_entry_is_gone_rescans(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, watcher, _ = loop_like
+    number = host.number_of("/dev/loop3")
+    subscription = state.subscribe()
+    # Only sysfs: inotify sees nothing, the uevent alone decides.
+    for child in sorted((host.sys / "block" / "loop3").rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    (host.sys / "block" / "loop3").rmdir()
+    feed.send("change", "loop3", number)
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None
+    assert [(r.host_path, r.problem) for r in snapshot.records] == [("/dev/loop3", "vanished")]
+    assert watcher.uevent_rounds["rescanned"] == 1
