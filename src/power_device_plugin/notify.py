@@ -20,11 +20,18 @@ or unmounts, and on ``/proc/swaps`` on swapon/swapoff (checked on Linux 5.x and
 6.x; a regular file, as in a fake tree, never raises them, so there the caller's
 safety poll sees the change).
 
+Kernel uevents (``uevents.UeventSocket``, a ``NETLINK_KOBJECT_UEVENT`` socket) are
+one more source: ``watch_uevents(group, accept)`` wakes ``group`` for every event
+``accept`` keeps (the watcher keeps block and SCSI devices), and the wake carries
+them (``Wake.uevents``, one per action and device path, in order of arrival;
+``Wake.uevents_lost`` when the kernel or the bound dropped some). That is how
+sysfs-only changes (a size dropping to 0, a dm map changing) are heard: inotify
+sees nothing in sysfs. Events ``accept`` drops never wake the caller. If the
+socket cannot be opened, ``watch_uevents`` logs why once and returns False.
+
 ``wait`` returns after the first event plus a short quiet spell
 (``DEBOUNCE_SECONDS``, at most ``MAX_BURST_SECONDS`` in all), so a hundred nodes
-appearing at once make one wake-up, not a hundred. Sysfs reports nothing through
-inotify: changes only there (``device/state`` going offline) are left to the
-caller's periodic rescan.
+appearing at once, or thousands of path events, make one wake-up, not thousands.
 
 A directory that vanishes loses its watch (``IN_IGNORED``); the caller calls
 ``watch_dirs`` again after every wake, which adds watches for directories that
@@ -39,9 +46,11 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
+
+from .uevents import Uevent, UeventSocket, UeventsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,9 @@ MAX_BURST_SECONDS = 0.25
 STOP_CHECK_SECONDS = 1.0
 
 GROUP_INTERRUPT = "interrupt"
+# Distinct (action, device) uevents kept for one wake; beyond, the wake says some
+# were lost and the caller rescans fully (a SAN node flapping every path is ~10^4).
+MAX_PENDING_UEVENTS = 16384
 
 
 class NotifyUnavailable(Exception):
@@ -90,6 +102,9 @@ class Wake:
     """Why a wait ended: the groups that saw a change (empty when the time ran out)."""
 
     groups: frozenset[str]
+    # The kernel uevents seen (see ChangeNotifier.watch_uevents), and whether some were lost.
+    uevents: tuple[Uevent, ...] = ()
+    uevents_lost: bool = False
 
     @property
     def timed_out(self) -> bool:
@@ -162,6 +177,12 @@ class ChangeNotifier:
         self._groups_of_wd: dict[int, frozenset[str]] = {}
         self._proc_files: dict[int, tuple[IO[bytes], str]] = {}
         self._stop: threading.Event | None = None
+        self._uevents: UeventSocket | None = None
+        self._uevent_group = ""
+        self._uevent_accept: Callable[[Uevent], bool] = _accept_all
+        self._uevents_failed = False
+        self._pending: dict[tuple[str, str], Uevent] = {}
+        self._pending_lost = False
         self.closed = False
 
     # -- what to watch ---------------------------------------------------------
@@ -220,6 +241,50 @@ class ChangeNotifier:
         self._poll.register(handle.fileno(), PROC_CHANGE_EVENTS)
         return True
 
+    def watch_uevents(
+        self,
+        group: str,
+        accept: Callable[[Uevent], bool] | None = None,
+        source: UeventSocket | None = None,
+    ) -> bool:
+        """Wake ``group`` on kernel uevents that ``accept`` keeps; False when the socket
+        cannot be opened (logged once; later calls do not try again). ``source``
+        replaces the kernel's socket (tests, the bench)."""
+        self._uevent_group = group
+        self._uevent_accept = accept or _accept_all
+        if self._uevents is not None:
+            return True
+        if source is None:
+            if self._uevents_failed:
+                return False
+            try:
+                source = UeventSocket.open()
+            except UeventsUnavailable as error:
+                self._uevents_failed = True
+                log.warning(
+                    "no kernel uevents (%s): sysfs-only changes such as a size dropping to 0 "
+                    "are seen at the periodic rescan",
+                    error,
+                )
+                return False
+        self._uevents = source
+        self._poll.register(source.fileno(), select.POLLIN)
+        return True
+
+    def unwatch_uevents(self) -> None:
+        """Close the uevent socket (watch_uevents opens it again)."""
+        if self._uevents is None:
+            return
+        self._poll.unregister(self._uevents.fileno())
+        self._uevents.close()
+        self._uevents = None
+        self._pending.clear()
+        self._pending_lost = False
+
+    @property
+    def hears_uevents(self) -> bool:
+        return self._uevents is not None
+
     def wake_on(self, stop: threading.Event) -> None:
         """End waits as soon as ``stop`` is set (at once for a WakingEvent, else within
         ``STOP_CHECK_SECONDS``)."""
@@ -239,7 +304,7 @@ class ChangeNotifier:
     def wait(self, timeout: float) -> Wake:
         """Block until a change (then let a burst settle) or until ``timeout`` seconds."""
         deadline = time.monotonic() + max(timeout, 0.0)
-        ready: list[tuple[int, int]] = []
+        groups: set[str] = set()
         while True:
             if self._stop is not None and self._stop.is_set():
                 return Wake(frozenset({GROUP_INTERRUPT}))
@@ -249,19 +314,28 @@ class ChangeNotifier:
             if self._stop is not None and not isinstance(self._stop, WakingEvent):
                 left = min(left, STOP_CHECK_SECONDS)
             ready = self._poll.poll(_ms(left))
-            if ready:
+            # Only what counts ends the wait: a uevent of no interest is read and dropped.
+            groups = self._collect(ready) if ready else set()
+            if groups:
                 break
-        groups = set(self._collect(ready))
         burst_end = time.monotonic() + self._max_burst
+        quiet_end = time.monotonic() + self._debounce
         while GROUP_INTERRUPT not in groups:
-            left = min(self._debounce, burst_end - time.monotonic())
+            left = min(quiet_end, burst_end) - time.monotonic()
             if left <= 0:
                 break
             more = self._poll.poll(_ms(left))
             if not more:
                 break
-            groups |= self._collect(more)
-        return Wake(frozenset(groups))
+            new = self._collect(more)
+            if new:
+                # Only what counts extends the quiet spell.
+                groups |= new
+                quiet_end = time.monotonic() + self._debounce
+        uevents, lost = tuple(self._pending.values()), self._pending_lost
+        self._pending = {}
+        self._pending_lost = False
+        return Wake(frozenset(groups), uevents, lost)
 
     def _collect(self, ready: list[tuple[int, int]]) -> set[str]:
         groups: set[str] = set()
@@ -275,7 +349,41 @@ class ChangeNotifier:
                 groups |= self._inotify_groups()
             elif fd in self._proc_files:
                 groups.add(self._proc_files[fd][1])
+            elif (
+                self._uevents is not None
+                and fd == self._uevents.fileno()
+                and self._collect_uevents(self._uevents)
+            ):
+                groups.add(self._uevent_group)
         return groups
+
+    def _collect_uevents(self, source: UeventSocket) -> bool:
+        """Read the waiting uevents; True if any of interest (or a loss) came."""
+        try:
+            drained = source.drain()
+        except OSError as error:
+            # Never seen; if the socket breaks, do without it (the caller rescans now).
+            log.warning("kernel uevents failed (%s); seen at the periodic rescan from now", error)
+            self.unwatch_uevents()
+            self._uevents_failed = True
+            self._pending_lost = True
+            return True
+        wanted = False
+        if drained.lost:
+            self._pending_lost = wanted = True
+        for event in drained.events:
+            if not self._uevent_accept(event):
+                continue
+            wanted = True
+            key = (event.action, event.devpath)
+            if key in self._pending:
+                # Keep the order of the last occurrence: a remove then an add is an add.
+                del self._pending[key]
+            elif len(self._pending) >= MAX_PENDING_UEVENTS:
+                self._pending_lost = True
+                continue
+            self._pending[key] = event
+        return wanted
 
     def _inotify_groups(self) -> set[str]:
         groups: set[str] = set()
@@ -303,6 +411,9 @@ class ChangeNotifier:
         for handle, _group in self._proc_files.values():
             handle.close()
         self._proc_files.clear()
+        if self._uevents is not None:
+            self._uevents.close()
+            self._uevents = None
         self._inotify.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
@@ -312,6 +423,10 @@ class ChangeNotifier:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _accept_all(event: Uevent) -> bool:
+    return True
 
 
 def _ms(seconds: float) -> int:

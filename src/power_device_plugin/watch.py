@@ -13,14 +13,24 @@ something changed (or the periodic rescan is due), runs ``discovery.scan`` and
 
 ``run`` waits for the kernel to report a change (``notify.ChangeNotifier``):
 inotify on the watched device directories and on the config file's directory,
-and ``POLLPRI`` on the host's ``mountinfo`` and ``swaps``. An event runs a round
-at once (after a 50 ms debounce); with no event a round runs every
-``SAFETY_POLL_SECONDS`` (the safety net: what inotify cannot see, such as a new
-name in ``<sys-root>/block`` without a ``/dev`` node, or a fake ``/proc`` made of
-regular files) and the full rescan every ``scan-interval`` (sysfs-only changes,
-e.g. ``device/state`` going offline, are seen there, as before). If inotify
-cannot be set up (no ``inotify_simple``, no inotify, the watch limit reached),
-``run`` logs it once and falls back to a round every ``poll_interval``.
+``POLLPRI`` on the host's ``mountinfo`` and ``swaps``, and kernel uevents of block
+and SCSI devices (``uevents``). An event runs a round at once (after a 50 ms
+debounce); with no event a round runs every ``SAFETY_POLL_SECONDS`` (the safety
+net: what inotify cannot see, such as a new name in ``<sys-root>/block`` without a
+``/dev`` node, or a fake ``/proc`` made of regular files) and the full rescan
+every ``scan-interval`` (what no event reports, e.g. a dm map suspended, is seen
+there). If inotify cannot be set up (no ``inotify_simple``, no inotify, the watch
+limit reached), ``run`` logs it once and falls back to a round every
+``poll_interval``.
+
+Uevents: a ``change`` of a block device (a loop device detached or resized, a dm
+map reloaded after a path failed) re-reads the health facts of just the devices
+it names and those above them (``refresh``), and publishes the list if a problem
+appeared or went. An ``add``, ``remove`` or ``move`` runs the round's signature
+check, which scans fully when the trees changed (the removal of an advertised
+device scans at once); events the kernel had to drop run a full rescan. A burst of
+thousands is one round per debounce. Without the socket (``UeventsUnavailable``:
+logged once) everything works as before.
 
 Signatures are stats of directories, never of every node: a node appearing or
 disappearing changes its directory's mtime. The watched directories are
@@ -73,7 +83,10 @@ from .notify import (
     DEVICE_DIR_EVENTS,
     ChangeNotifier,
     NotifyUnavailable,
+    Wake,
 )
+from .refresh import is_device_event, plan_refresh, refreshed
+from .uevents import UeventSocket
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +99,7 @@ RETRY_SECONDS = 0.4
 GROUP_DEVICES = "devices"
 GROUP_CONFIG = "config"
 GROUP_HOST_USE = "host-use"
+GROUP_UEVENTS = "uevents"
 # Groups whose events force a rescan; config events go through ConfigWatcher.poll.
 _RESCAN_GROUPS = frozenset({GROUP_DEVICES, GROUP_HOST_USE})
 # How often "no valid config yet" is repeated in the log: visible, not every tick.
@@ -307,8 +321,17 @@ class DeviceWatcher:
         on_config_refused: Callable[[ConfigError], None] | None = None,
         notify: bool = True,
         safety_poll_seconds: float = SAFETY_POLL_SECONDS,
+        uevents: bool = True,
+        uevent_source: Callable[[], UeventSocket] | None = None,
     ) -> None:
         self.state = state
+        # Kernel uevents as one more source of run()'s notifier; ``uevent_source``
+        # makes the socket instead of the kernel's (tests, the bench).
+        self.uevents = uevents
+        self._uevent_source = uevent_source
+        # Rounds by what the last uevent wake led to: "refreshed" (the named devices'
+        # health re-read), "rescanned" (a full scan); for tests and the bench.
+        self.uevent_rounds: dict[str, int] = {"refreshed": 0, "rescanned": 0}
         # Kernel change notification in run(); False: a round every poll_interval.
         self.notify = notify
         self.safety_poll_seconds = safety_poll_seconds
@@ -326,6 +349,9 @@ class DeviceWatcher:
         self._on_scan = on_scan
         self._clock = clock
         self._signature: Signature | None = None
+        # The last scan's result as published (with the config it was published
+        # under): a uevent re-reads some of its devices' health.
+        self._published: tuple[ScanResult, PluginConfig] | None = None
         self._next_full_scan: float | None = None
         self._next_no_config_log: float | None = None
         # Beaten once per round of run(); /healthz fails when it stops.
@@ -339,6 +365,7 @@ class DeviceWatcher:
             config, result = self._capacity_checked(config, result, host_use)
         seconds = time.perf_counter() - started
         changed = self.state.update(result, config)
+        self._published = (result, config)
         self.applied = config
         # Only after a scan that worked: a failed one is tried again next round.
         self._next_full_scan = now + config.scan_interval_seconds
@@ -456,6 +483,51 @@ class DeviceWatcher:
         notifier.watch_proc_file(GROUP_HOST_USE, os.path.join(proc, "swaps"))
         return notifier
 
+    def _watch_uevents(self, notifier: ChangeNotifier, config: PluginConfig | None) -> None:
+        """Hear uevents under the default strategy (``time`` watches no device)."""
+        if not self.uevents or config is None or config.discovery_strategy == STRATEGY_TIME:
+            notifier.unwatch_uevents()
+            return
+        if notifier.hears_uevents:
+            return
+        source = None
+        if self._uevent_source is not None:
+            source = self._uevent_source()
+        notifier.watch_uevents(GROUP_UEVENTS, is_device_event, source)
+
+    def refresh_from_uevents(self, wake: Wake) -> bool:
+        """Re-read the health of the devices the wake's uevents name and publish the
+        list if it changed; False when only a full rescan can tell (the caller's)."""
+        published = self._published
+        if published is None:
+            return False
+        result, config = published
+        plan = plan_refresh(wake.uevents, wake.uevents_lost, str(self.sys_root))
+        if plan.rescan:
+            log.debug("full rescan: %s", plan.rescan)
+            return False
+        advertised = {c.rdev for c in result.advertised()}
+        if any(e.action == "remove" and e.rdev in advertised for e in plan.structural):
+            # Its sysfs entry may outlive the event by a moment: do not wait for the
+            # signature to show it.
+            return False
+        if any(e.rdev is None or e.rdev in advertised for e in plan.unresolved):
+            # An advertised device's entry is gone: only a scan can say what is left.
+            return False
+        fresh = refreshed(result, plan.entries)
+        if fresh is None:
+            return False
+        self.uevent_rounds["refreshed"] += 1
+        if fresh is result:
+            return True
+        if self.state.update(fresh, config):
+            log.info(
+                "device health changed (kernel uevent): %d advertised units",
+                len(self.state.current().devices),
+            )
+        self._published = (fresh, config)
+        return True
+
     def _watch_dirs(self, notifier: ChangeNotifier) -> dict[str, str]:
         """(Re)point the watches at what the current config needs; the directories
         that exist but cannot be watched."""
@@ -463,6 +535,7 @@ class DeviceWatcher:
         device_dirs: list[str] = []
         if config is not None and config.discovery_strategy != STRATEGY_TIME:
             device_dirs = watched_dirs(config, self.dev_root)
+        self._watch_uevents(notifier, config)
         failed = notifier.watch_dirs(GROUP_DEVICES, device_dirs, DEVICE_DIR_EVENTS)
         failed.update(
             notifier.watch_dirs(GROUP_CONFIG, self.config.watched_dirs(), CONFIG_DIR_EVENTS)
@@ -507,7 +580,12 @@ class DeviceWatcher:
             if stop.is_set():
                 return
             try:
-                self.check(force=bool(wake.groups & _RESCAN_GROUPS))
+                force = bool(wake.groups & _RESCAN_GROUPS)
+                if not force and GROUP_UEVENTS in wake.groups:
+                    force = not self.refresh_from_uevents(wake)
+                    if force:
+                        self.uevent_rounds["rescanned"] += 1
+                self.check(force=force)
                 retry = False
             except Exception:
                 retry = True

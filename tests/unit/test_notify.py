@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.unit.conftest import FakeHost, config_of
+from tests.unit.uevent_feed import UeventFeed
 
 from power_device_plugin import notify, watch
 from power_device_plugin.devices import DeviceState
@@ -21,6 +23,7 @@ from power_device_plugin.notify import (
     NotifyUnavailable,
     WakingEvent,
 )
+from power_device_plugin.uevents import Uevent, UeventSocket, UeventsUnavailable
 from power_device_plugin.watch import ConfigWatcher, DeviceWatcher, StaticConfig
 
 
@@ -323,3 +326,121 @@ def test_a_mount_on_the_host_makes_the_watcher_rescan_without_waiting(
     finally:
         _stop(stop, thread)
     assert len(scans) > before
+
+
+# -- kernel uevents ------------------------------------------------------------------
+
+
+@pytest.fixture
+def feed() -> Iterator[UeventFeed]:
+    made = UeventFeed()
+    yield made
+    made.close()
+
+
+def _blocks_only(event: Uevent) -> bool:
+    return event.subsystem == "block"
+
+
+def test_a_uevent_wakes_its_group_and_the_wake_carries_it(
+    notifier: ChangeNotifier, feed: UeventFeed
+) -> None:
+    assert notifier.watch_uevents("uevents", _blocks_only, feed.source())
+    feed.send("change", "loop3", (7, 3))
+    wake = notifier.wait(5.0)
+    assert wake.groups == {"uevents"}
+    assert [(e.action, e.devname, e.rdev) for e in wake.uevents] == [("change", "loop3", (7, 3))]
+    assert not wake.uevents_lost
+
+
+def test_a_uevent_the_filter_drops_does_not_wake(
+    notifier: ChangeNotifier, feed: UeventFeed
+) -> None:
+    notifier.watch_uevents("uevents", _blocks_only, feed.source())
+    feed.send("change", "eth0", devpath="/devices/virtual/net/eth0", subsystem="net")
+    assert notifier.wait(0.2).timed_out
+
+
+def test_a_burst_of_uevents_is_one_wake_with_each_device_once(
+    feed: UeventFeed,
+) -> None:
+    def burst() -> None:
+        for _ in range(4):
+            for index in range(1000):
+                feed.send("change", f"sd{index}", (8, index))
+
+    # A socketpair queues few datagrams: the sender runs while the notifier reads.
+    sender = threading.Thread(target=burst)
+    with ChangeNotifier(debounce=0.2, max_burst=10.0) as notifier:
+        notifier.watch_uevents("uevents", _blocks_only, feed.source())
+        sender.start()
+        wake = notifier.wait(5.0)
+        sender.join(5.0)
+    assert wake.groups == {"uevents"}
+    assert len(wake.uevents) == 1000
+    assert not wake.uevents_lost
+
+
+def test_more_distinct_uevents_than_the_bound_say_some_were_lost(
+    notifier: ChangeNotifier, feed: UeventFeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify, "MAX_PENDING_UEVENTS", 10)
+    notifier.watch_uevents("uevents", _blocks_only, feed.source())
+    sender = threading.Thread(
+        target=lambda: [feed.send("change", f"sd{i}", (8, i)) for i in range(30)]
+    )
+    sender.start()
+    wake = notifier.wait(5.0)
+    sender.join(5.0)
+    assert len(wake.uevents) == 10
+    assert wake.uevents_lost
+
+
+def test_a_uevent_socket_that_cannot_be_opened_is_reported_once_and_not_retried(
+    notifier: ChangeNotifier, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def refuse() -> UeventSocket:
+        attempts.append(1)
+        raise UeventsUnavailable("netlink uevent socket: Protocol not supported")
+
+    monkeypatch.setattr(UeventSocket, "open", staticmethod(refuse))
+    with caplog.at_level("WARNING"):
+        assert not notifier.watch_uevents("uevents", _blocks_only)
+        assert not notifier.watch_uevents("uevents", _blocks_only)
+    assert len(attempts) == 1
+    assert [r.getMessage() for r in caplog.records if "uevents" in r.getMessage()] == [
+        "no kernel uevents (netlink uevent socket: Protocol not supported): sysfs-only "
+        "changes such as a size dropping to 0 are seen at the periodic rescan"
+    ]
+    assert not notifier.hears_uevents
+
+
+def test_unwatching_uevents_closes_the_socket(notifier: ChangeNotifier, feed: UeventFeed) -> None:
+    notifier.watch_uevents("uevents", _blocks_only, feed.source())
+    notifier.unwatch_uevents()
+    assert not notifier.hears_uevents
+    assert feed.source().fileno() == -1
+
+
+def test_uevents_of_no_interest_do_not_stretch_the_quiet_spell(feed: UeventFeed) -> None:
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            feed.send("change", "eth0", devpath="/devices/virtual/net/eth0", subsystem="net")
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=chatter)
+    with ChangeNotifier(debounce=0.05, max_burst=3.0) as notifier:
+        notifier.watch_uevents("uevents", _blocks_only, feed.source())
+        feed.send("change", "loop3", (7, 3))
+        sender.start()
+        started = time.monotonic()
+        wake = notifier.wait(5.0)
+        took = time.monotonic() - started
+        stop.set()
+        sender.join(2.0)
+    assert [e.devname for e in wake.uevents] == ["loop3"]
+    assert took < 1.0, f"the wait took {took:.2f} s: events of no interest kept it going"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from tests.unit.conftest import FakeHost, config_of
+from tests.unit.uevent_feed import UeventFeed
 
 from power_device_plugin.config import ConfigError, PluginConfig
 from power_device_plugin.devices import DeviceState
@@ -626,3 +627,272 @@ def test_a_rescan_that_keeps_failing_is_retried_not_spun(
     assert not thread.is_alive()
     # Retried every 0.4 s: a handful of tries, not thousands (and at least one retry).
     assert 2 <= len(calls) <= 10
+
+
+# -- kernel uevents ------------------------------------------------------------------
+
+
+@pytest.fixture
+def feed() -> Iterator[UeventFeed]:
+    made = UeventFeed()
+    yield made
+    made.close()
+
+
+def _run_with_uevents(
+    host: FakeHost, feed: UeventFeed, **config: Any
+) -> tuple[DeviceState, DeviceWatcher, list[float], threading.Event, threading.Thread]:
+    state = DeviceState()
+    scans: list[float] = []
+    watcher = DeviceWatcher(
+        state,
+        StaticConfig(config_of(grant_mode="per-device", scan_interval="60s", **config)),
+        host.dev,
+        host.sys,
+        host.proc,
+        on_scan=lambda result, seconds: scans.append(time.monotonic()),
+        uevent_source=feed.source,
+    )
+    watcher.check()
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 2.0
+    while not feed.sources and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return state, watcher, scans, stop, thread
+
+
+@pytest.fixture
+def loop_like(
+    host: FakeHost, feed: UeventFeed
+) -> Iterator[tuple[DeviceState, DeviceWatcher, list[float]]]:
+    host.disk("loop3")
+    host.sysfs("loop3/size", "2048")
+    state, watcher, scans, stop, thread = _run_with_uevents(host, feed)
+    yield state, watcher, scans
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive()
+
+
+def _health(snapshot: Any) -> list[str]:
+    return [d.health for d in snapshot.devices]
+
+
+def test_a_size_dropping_to_zero_turns_the_device_unhealthy_on_its_uevent(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, watcher, scans = loop_like
+    assert _health(state.current()) == ["Healthy"]
+    subscription = state.subscribe()
+    host.sysfs("loop3/size", "0")  # losetup -d: the node stays, the size drops
+    started = time.monotonic()
+    feed.send("change", "loop3", host.number_of("/dev/loop3"))
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None, "no update within 1 s of the uevent (scan-interval is 60 s)"
+    assert time.monotonic() - started < 1.0
+    assert _health(snapshot) == ["Unhealthy"]
+    assert [r.problem for r in snapshot.records] == ["size is 0"]
+    # Just that device was read again: no full scan.
+    assert len(scans) == 1
+    assert watcher.uevent_rounds["refreshed"] == 1
+
+
+def test_a_new_size_makes_the_device_healthy_again_on_its_uevent(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, _, _ = loop_like
+    subscription = state.subscribe()
+    host.sysfs("loop3/size", "0")
+    feed.send("change", "loop3", host.number_of("/dev/loop3"))
+    assert subscription.wait(1.0) is not None
+    host.sysfs("loop3/size", "4096")  # losetup -c after the file grew, or a new binding
+    feed.send("change", "loop3", host.number_of("/dev/loop3"))
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None
+    assert _health(snapshot) == ["Healthy"]
+
+
+def test_an_add_uevent_runs_a_full_scan(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, _, scans = loop_like
+    subscription = state.subscribe()
+    # A device sysfs knows and /dev does not show yet: inotify cannot see it.
+    host.disk("loop4", node=False)
+    host.block_node("/dev/loop4")
+    feed.send("add", "loop4")
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None
+    assert len(snapshot.devices) == 2
+    assert len(scans) >= 2
+
+
+def test_a_burst_of_change_uevents_is_a_few_rounds_not_thousands(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, watcher, scans = loop_like
+    subscription = state.subscribe()
+    host.sysfs("loop3/size", "0")
+    number = host.number_of("/dev/loop3")
+    for _ in range(2000):
+        feed.send("change", "loop3", number)
+    snapshot = subscription.wait(2.0)
+    assert snapshot is not None
+    assert _health(snapshot) == ["Unhealthy"]
+    time.sleep(0.5)
+    assert watcher.uevent_rounds["refreshed"] <= 20
+    assert len(scans) == 1
+
+
+def test_a_uevent_of_a_device_not_advertised_changes_nothing(
+    host: FakeHost, feed: UeventFeed
+) -> None:
+    host.disk("loop3")
+    host.disk("vdz", node=False)
+    host.sysfs("vdz/size", "0")
+    state, watcher, scans, stop, thread = _run_with_uevents(host, feed)
+    try:
+        subscription = state.subscribe()
+        feed.send("change", "vdz")
+        assert subscription.wait(0.5) is None
+        assert len(scans) == 1
+        assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
+    finally:
+        stop.set()
+        thread.join(2.0)
+
+
+def test_the_last_path_of_a_map_failing_turns_the_map_unhealthy_on_the_path_uevent(
+    host: FakeHost, feed: UeventFeed
+) -> None:
+    host.disk("sdb")
+    host.sysfs("sdb/device/state", "running")
+    host.dm("dm-0", "mpatha", uuid="mpath-3600a", slaves=("sdb",))
+    (host.sys / "block" / "sdb" / "holders").mkdir()
+    (host.sys / "block" / "sdb" / "holders" / "dm-0").symlink_to("../../dm-0")
+    state, _, scans, stop, thread = _run_with_uevents(host, feed, include_devices=["/dev/dm-*"])
+    try:
+        assert _health(state.current()) == ["Healthy"]
+        subscription = state.subscribe()
+        host.sysfs("sdb/device/state", "offline")
+        feed.send("change", "sdb", host.number_of("/dev/sdb"))
+        snapshot = subscription.wait(1.0)
+        assert snapshot is not None
+        assert [r.problem for r in snapshot.records] == ["no live multipath path (sdb offline)"]
+        assert len(scans) == 1
+    finally:
+        stop.set()
+        thread.join(2.0)
+
+
+def test_without_a_uevent_socket_the_watcher_logs_once_and_works_as_before(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from power_device_plugin import uevents
+
+    def refuse() -> uevents.UeventSocket:
+        raise uevents.UeventsUnavailable("netlink uevent socket: Permission denied")
+
+    monkeypatch.setattr(uevents.UeventSocket, "open", staticmethod(refuse))
+    state = DeviceState()
+    watcher = DeviceWatcher(state, StaticConfig(config_of()), host.dev, host.sys, host.proc)
+    watcher.check()
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    with caplog.at_level(logging.WARNING):
+        thread.start()
+        subscription = state.subscribe()
+        host.disk("sdx")
+        snapshot = subscription.wait(1.0)
+        stop.set()
+        thread.join(2.0)
+    assert snapshot is not None
+    assert watcher.waiting_by == "inotify"
+    refusals = [r for r in caplog.records if "no kernel uevents" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "Permission denied" in refusals[0].getMessage()
+
+
+def test_the_time_strategy_does_not_listen_to_uevents(host: FakeHost, feed: UeventFeed) -> None:
+    host.disk("loop3")
+    host.sysfs("loop3/size", "2048")
+    state, watcher, _, stop, thread = _run_with_uevents(host, feed, discovery_strategy="time")
+    try:
+        subscription = state.subscribe()
+        host.sysfs("loop3/size", "0")
+        feed.send("change", "loop3", host.number_of("/dev/loop3"))
+        assert subscription.wait(0.5) is None
+        assert watcher.uevent_rounds == {"refreshed": 0, "rescanned": 0}
+    finally:
+        stop.set()
+        thread.join(2.0)
+
+
+def test_a_remove_uevent_of_an_advertised_device_rescans_at_once(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    _, watcher, scans = loop_like
+    # The kernel sends the event a moment before the sysfs entry goes.
+    feed.send("remove", "loop3", host.number_of("/dev/loop3"))
+    deadline = time.monotonic() + 1.0
+    while len(scans) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(scans) == 2
+    assert watcher.uevent_rounds["rescanned"] == 1
+
+
+def test_an_add_uevent_that_changed_no_tree_scans_nothing(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    # A device of the host's that the trees the plugin reads do not show.
+    _, watcher, scans = loop_like
+    feed.send("add", "loop9", (7, 9))
+    feed.send("remove", "loop8", (7, 8))
+    time.sleep(0.5)
+    assert len(scans) == 1
+    assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
+
+
+def test_a_change_uevent_of_a_device_outside_the_trees_scans_nothing(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    _, watcher, scans = loop_like
+    feed.send("change", "loop9", (7, 9))
+    time.sleep(0.5)
+    assert len(scans) == 1
+    assert watcher.uevent_rounds == {"refreshed": 1, "rescanned": 0}
+
+
+def test_a_change_uevent_of_an_advertised_device_whose_entry_is_gone_rescans(
+    host: FakeHost,
+    feed: UeventFeed,
+    loop_like: tuple[DeviceState, DeviceWatcher, list[float]],
+) -> None:
+    state, watcher, _ = loop_like
+    number = host.number_of("/dev/loop3")
+    subscription = state.subscribe()
+    # Only sysfs: inotify sees nothing, the uevent alone decides.
+    for child in sorted((host.sys / "block" / "loop3").rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    (host.sys / "block" / "loop3").rmdir()
+    feed.send("change", "loop3", number)
+    snapshot = subscription.wait(1.0)
+    assert snapshot is not None
+    assert [(r.host_path, r.problem) for r in snapshot.records] == [("/dev/loop3", "vanished")]
+    assert watcher.uevent_rounds["rescanned"] == 1
