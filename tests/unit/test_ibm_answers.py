@@ -3,7 +3,9 @@ several resources per process existed: the ListAndWatch list and the Allocate an
 of every unit (and of all units together).
 
 The recorded answers are in ``recorded/ibm_answers.json``; ``PDP_RECORD=1`` writes
-them again (only ever from a tree whose answers are known to be right).
+them again (only ever from a tree whose answers are known to be right). They were recorded
+with the single-resource code path (parse_config, scan, one DeviceState); the test
+goes through the several-resources path the plugin now serves with.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import pytest
 from tests.unit.conftest import FakeHost
 
 from power_device_plugin.api import pb
-from power_device_plugin.config import parse_config
-from power_device_plugin.devices import DeviceState, GrantNaming
-from power_device_plugin.discovery import scan
+from power_device_plugin.config import ResourceConfig, parse_resources
+from power_device_plugin.devices import DeviceState
 from power_device_plugin.host_use import read_host_use
 from power_device_plugin.metrics import PluginMetrics
+from power_device_plugin.resources import ResourceStates, naming_for, scan_resources
 from power_device_plugin.server import DevicePluginServicer, Refused
 
 RECORDED = Path(__file__).parent / "recorded" / "ibm_answers.json"
@@ -70,9 +72,18 @@ def build_host(root: Path) -> FakeHost:
 
 def answers_of(doc: dict[str, Any], host: FakeHost) -> dict[str, str]:
     """Hex of each answer: the list, then Allocate of each unit and of all units."""
-    config, _ = parse_config(json.dumps(doc), "config.json")
-    state = DeviceState(naming=GrantNaming())
-    state.update(scan(config, host.dev, host.sys, read_host_use(host.proc, host.sys)), config)
+    config, _ = parse_resources(json.dumps(doc), "config.json")
+    made: list[DeviceState] = []
+
+    def make_state(resource: ResourceConfig) -> DeviceState:
+        made.append(DeviceState(naming=naming_for(resource)))
+        return made[-1]
+
+    states = ResourceStates(make_state)
+    host_use = read_host_use(host.proc, host.sys)
+    states.update(scan_resources(config, host.dev, host.sys, host_use, False), config)
+    assert len(made) == 1
+    state = states.states()["power-dev-plugin/dev"]
     servicer = DevicePluginServicer(state, PluginMetrics(), threading.Event())
     devices = state.current().devices
     out = {"list": servicer.list_wire(devices).hex()}
