@@ -100,7 +100,8 @@ def test_a_device_both_select_goes_to_the_first_and_scan_says_why(
     }
     process = start_two(node, plugin_factory, doc)
     kubelet.wait_for_registration(count=2, timeout=10)
-    assert list(kubelet.wait_for_list_of(DISKS, lambda d: len(d) == 1))[0].startswith("fakea0")
+    (disk,) = kubelet.wait_for_list_of(DISKS, lambda d: len(d) == 1)
+    assert disk.startswith("fakea0")
     scratch = kubelet.wait_for_list_of(SCRATCH, lambda d: len(d) == 2)
     assert not any(i.startswith("fakea0") for i in scratch)
     assert "resource example.com/scratch refuses /dev/fakea0" in process.log()
