@@ -347,6 +347,9 @@ def start_watchers(
     def on_scan(result: ScanResult, seconds: float) -> None:
         metrics.scan_duration.observe(seconds)
         metrics.record_snapshot(state.current())
+        if isinstance(state, ResourceStates):
+            for name, one in state.states().items():
+                metrics.record_resource_snapshot(name, one.current())
 
     metrics.config_loaded.set(0)
     configs = ConfigWatcher(
@@ -440,6 +443,7 @@ class ResourcePlugin:
     state: RepublishingState
     keeper: CdiSpecKeeper
     stopping: WakingEvent
+    metrics: PluginMetrics
     lifecycle: PluginLifecycle | None = None
     threads: tuple[threading.Thread, ...] = ()
 
@@ -465,11 +469,12 @@ class ResourcePlugins:
         from power_device_plugin.notify import WakingEvent
 
         naming = naming_for(resource)
-        keeper = CdiSpecKeeper(self._args.cdi_dir, naming.cdi_kind, self._metrics)
+        metrics = self._metrics.for_resource(resource.name)
+        keeper = CdiSpecKeeper(self._args.cdi_dir, naming.cdi_kind, metrics)
         state = RepublishingState(naming=naming, before_publish=keeper.write)
         keeper.republish = state.publish_again
         socket = self._args.socket_name if resource.single else socket_name_for(resource.name)
-        plugin = ResourcePlugin(resource.name, socket, state, keeper, WakingEvent())
+        plugin = ResourcePlugin(resource.name, socket, state, keeper, WakingEvent(), metrics)
         with self._lock:
             self._plugins[resource.name] = plugin
         return state
@@ -500,9 +505,9 @@ class ResourcePlugins:
 
         # Before registration: no spec of an earlier run outlives this start.
         plugin.keeper.clear_stale()
-        servicer = DevicePluginServicer(plugin.state, self._metrics, plugin.stopping)
+        servicer = DevicePluginServicer(plugin.state, plugin.metrics, plugin.stopping)
         endpoint = Endpoint(self._args.plugin_dir, plugin.socket_name, plugin.name)
-        plugin.lifecycle = PluginLifecycle(endpoint, servicer, self._metrics, plugin.stopping)
+        plugin.lifecycle = PluginLifecycle(endpoint, servicer, plugin.metrics, plugin.stopping)
         plugin.threads = (
             threading.Thread(
                 target=plugin.keeper.run,
@@ -524,6 +529,7 @@ class ResourcePlugins:
         for thread in plugin.threads:
             thread.join(timeout=2.0)
         remove_cdi_spec(self._args.cdi_dir, plugin.keeper.kind)
+        self._metrics.forget_resource(plugin.name)
 
     def stop_all(self) -> None:
         with self._lock:
