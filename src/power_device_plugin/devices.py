@@ -737,6 +737,10 @@ class DeviceState:
         self._version = 0
         self._subscriptions: set[Subscription] = set()
 
+    @property
+    def resource(self) -> str:
+        return self._naming.resource
+
     def current(self) -> DeviceSnapshot:
         with self._changed:
             return self._snapshot

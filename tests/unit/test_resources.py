@@ -251,3 +251,22 @@ def test_the_total_of_units_across_resources_is_bounded(tmp_path: Path) -> None:
     )
     problem = capacity_of(config, fake)
     assert problem is not None and "21000 units across 21 resources" in problem
+
+
+def test_the_three_resource_sample_parses_and_its_configmap_carries_it() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "resources"
+    text = (root / "config.json").read_text()
+    config, warnings = parse_resources(text, "config.json")
+    assert warnings == []
+    assert config.names == (
+        "example.com/db-luns",
+        "example.com/scratch",
+        "power-dev-plugin/nx-gzip",
+    )
+    db, scratch, nx = (r.config for r in config.resources)
+    assert (db.grant_mode, scratch.grant_mode, nx.grant_mode) == ("all", "per-device", "all")
+    assert nx.upper_limit == 100 and nx.include_devices == ("/dev/crypto/nx-gzip",)
+    configmap = yaml.safe_load((root / "configmap.yaml").read_text())
+    assert json.loads(configmap["data"]["config.json"]) == json.loads(text)
