@@ -528,7 +528,10 @@ class ResourcePlugins:
         plugin.keeper.stop()
         for thread in plugin.threads:
             thread.join(timeout=2.0)
-        remove_cdi_spec(self._args.cdi_dir, plugin.keeper.kind)
+        if plugin.threads:
+            # Only a resource that was served: the placeholder a first config replaces
+            # never kept a spec, and the file of its kind may be another plugin's.
+            remove_cdi_spec(self._args.cdi_dir, plugin.keeper.kind)
         self._metrics.forget_resource(plugin.name)
 
     def stop_all(self) -> None:

@@ -40,7 +40,9 @@ def start_two(
     for name in ("fakea0", "fakea1", "fakeb0"):
         node.device(name)
     node.write_config(doc)
-    return plugin_factory()
+    # The CDI directory of the test, never the host's /var/run/cdi.
+    (node.root / "cdi").mkdir(exist_ok=True)
+    return plugin_factory(f"--cdi-dir={node.root / 'cdi'}")
 
 
 def test_each_resource_registers_on_its_own_socket(
@@ -140,3 +142,17 @@ def test_readyz_names_a_resource_that_is_not_registered(
     process = start_two(node, plugin_factory)
     body = process.wait_http("/readyz", 503, timeout=10)
     assert DISKS in body and SCRATCH in body
+
+
+def test_a_first_config_with_resources_leaves_the_default_resources_spec_alone(
+    node: FakeNode, kubelet: KubeletStub, plugin_factory: Callable[..., PluginProcess]
+) -> None:
+    # The --resource name is served only until a valid config says otherwise; its
+    # CDI kind's file may be another plugin's (another node agent, an earlier DaemonSet).
+    (node.root / "cdi").mkdir()
+    other = node.root / "cdi" / "power-dev-plugin.ibm.com-dev.json"
+    other.write_text("{}")
+    start_two(node, plugin_factory)
+    kubelet.wait_for_registration(count=2, timeout=10)
+    kubelet.wait_for_list_of(SCRATCH, lambda d: len(d) == 1)
+    assert other.read_text() == "{}"
