@@ -11,6 +11,7 @@ measures from outside:
 - idle CPU (% of one core) over a window.
 
     scripts/in-venv python bench/resources_bench.py [--devices 1000] [--quick]
+        [--image 127.0.0.1:5000/power-dev-plugin:TAG [--image-src]]
 
 Prints a table and one JSON line with every figure.
 """
@@ -139,11 +140,13 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="short windows, for a smoke run")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--image", help="run this plugin image (amd64) as the DaemonSet does")
+    parser.add_argument(
+        "--image-src", action="store_true", help="with --image: run this tree's src/ in it"
+    )
     args = parser.parse_args()
-    if args.quick:
-        settings = Settings(args.devices, 300, 50, 0, 0, 5.0, None, args.python)
-    else:
-        settings = Settings(args.devices, 2000, 200, 0, 0, 20.0, None, args.python)
+    windows = (300, 50, 0, 0, 5.0) if args.quick else (2000, 200, 0, 0, 20.0)
+    settings = Settings(args.devices, *windows, args.image, args.python, image_src=args.image_src)
     results = {
         case: run_case(case, doc, expected, settings)
         for case, (doc, expected) in configs(args.devices).items()

@@ -182,6 +182,9 @@ def release_free_heap() -> None:
 
 def describe_config(config: PluginConfig) -> str:
     """The parts of a config that decide what is advertised, for log lines."""
+    listed = [r for r in getattr(config, "resources", ()) if not r.single]
+    if listed:
+        return "; ".join(f"{r.name} ({describe_config(r.config)})" for r in listed)
     includes = ", ".join(config.include_devices) or "every block device"
     excludes = ", ".join(config.exclude_devices) or "none"
     return (
