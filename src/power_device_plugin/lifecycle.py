@@ -123,7 +123,7 @@ class PluginLifecycle:
         self._stopping = stopping
         self._registered = threading.Event()
         # Beaten on every turn of every wait below; /healthz fails when it stops.
-        self.heartbeat = Heartbeat("kubelet lifecycle loop")
+        self.heartbeat = Heartbeat(f"kubelet lifecycle loop of {endpoint.resource}")
         self._serving: ServingLoop | None = None
         self._notifier: ChangeNotifier | None = None
         # When the current kubelet outage began (monotonic), None while registered or
