@@ -85,6 +85,7 @@ DEFAULT_CDI_DIR = "/var/run/cdi"
 VENDOR_SUFFIX = ".ibm.com"
 
 GRANT_ENV = "PDP_DEVICES"
+_ENV_UNSAFE = re.compile(r"[^A-Z0-9]+")
 GRANT_ANNOTATION_SUFFIX = "-devices"
 
 SPEC_MODE = 0o644
@@ -533,6 +534,13 @@ def grant_value(container_paths: Sequence[str]) -> str:
 def grant_env(container_paths: Sequence[str]) -> dict[str, str]:
     """The grant as an environment variable: ``{"PDP_DEVICES": "/dev/dm-0,/dev/dm-3"}``."""
     return {GRANT_ENV: grant_value(container_paths)}
+
+
+def grant_env_for(resource: str) -> str:
+    """The env var a resource of a ``resources`` list sets in a grant, so two resources
+    in one container do not overwrite each other: ``example.com/scratch`` ->
+    ``PDP_DEVICES_EXAMPLE_COM_SCRATCH``. (IBM's one resource keeps ``PDP_DEVICES``.)"""
+    return f"{GRANT_ENV}_{_ENV_UNSAFE.sub('_', resource.upper()).strip('_')}"
 
 
 def grant_annotation_key(resource: str) -> str:

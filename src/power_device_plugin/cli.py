@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,18 +23,35 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from power_device_plugin import __version__, cdi
-from power_device_plugin.config import ConfigError, PluginConfig, load_config
+from power_device_plugin.config import (
+    DEFAULT_RESOURCE,
+    ConfigError,
+    PluginConfig,
+    ResourceConfig,
+    load_resources,
+    resource_name,
+)
 from power_device_plugin.devices import DeviceSnapshot, DeviceState, GrantNaming
-from power_device_plugin.discovery import ScanResult, scan
+from power_device_plugin.discovery import ScanResult
 from power_device_plugin.host_use import read_host_use
 from power_device_plugin.metrics import PluginMetrics
+from power_device_plugin.resources import (
+    ResourcesScan,
+    ResourceStates,
+    capacity_of,
+    naming_for,
+    scan_resources,
+    socket_name_for,
+)
 
 if TYPE_CHECKING:
+    from power_device_plugin.health import Heartbeat
+    from power_device_plugin.lifecycle import PluginLifecycle
+    from power_device_plugin.notify import WakingEvent
     from power_device_plugin.watch import ConfigWatcher, DeviceWatcher
 
 log = logging.getLogger("power_device_plugin")
 
-DEFAULT_RESOURCE = "power-dev-plugin/dev"
 DEFAULT_SOCKET_NAME = "power-dev.csi.ibm.com-reg.sock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -46,33 +62,6 @@ OUTPUTS = ("table", "json")
 DEVICE_POLL_SECONDS = 0.4
 # How often a CDI spec that could not be written (or a stale one removed) is tried again.
 CDI_RETRY_SECONDS = 1.0
-
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-def resource_name(text: str) -> str:
-    """A valid extended resource name (`domain/name`, not in kubernetes.io); ValueError says why."""
-    domain, sep, name = text.partition("/")
-    if not sep or not domain or not name:
-        raise ValueError(f"{text!r} must be domain/name, like {DEFAULT_RESOURCE!r}")
-    if len(domain) > 253 or not _DNS_SUBDOMAIN.match(domain):
-        raise ValueError(f"{text!r}: domain {domain!r} is not a lower-case DNS subdomain")
-    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
-        raise ValueError(f"{text!r}: the kubernetes.io domain is reserved; use your own domain")
-    if domain.startswith("requests."):
-        raise ValueError(f"{text!r}: a domain starting with 'requests.' is reserved for quotas")
-    if len(name) > 63 or not _NAME.match(name):
-        raise ValueError(
-            f"{text!r}: name {name!r} must be at most 63 letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit"
-        )
-    try:
-        cdi.cdi_kind_for(text)
-    except ValueError as error:
-        raise ValueError(f"{text!r} makes no CDI kind: {error}") from None
-    return text
 
 
 def socket_name(text: str) -> str:
@@ -305,7 +294,7 @@ def scan_table(report: Mapping[str, Any]) -> str:
 
 def run_scan(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        config, warnings = load_config(args.config)
+        config, warnings = load_resources(args.config, args.resource)
     except ConfigError as error:
         log.error("cannot scan without a valid config: %s", error)
         return 2
@@ -314,14 +303,20 @@ def run_scan(args: argparse.Namespace, out: TextIO) -> int:
     host_use = read_host_use(args.host_proc, args.sys_root)
     if host_use.error:
         log.warning("every block device is refused: %s", host_use.error)
-    result = scan(config, args.dev_root, args.sys_root, host_use)
-    state = DeviceState()
-    state.update(result, config)
-    report = scan_report(args.resource, state.current(), result)
+    result = scan_resources(config, args.dev_root, args.sys_root, host_use)
+    reports = []
+    for resource in config.resources:
+        part = result.part(resource.name) if isinstance(result, ResourcesScan) else result
+        state = DeviceState(naming=naming_for(resource))
+        state.update(part, resource.config)
+        reports.append(scan_report(resource.name, state.current(), part))
+    single = len(config.resources) == 1 and config.resources[0].single
     if args.output == "json":
-        out.write(json.dumps(report, indent=2) + "\n")
+        # IBM's one-resource file keeps its document; a resources list is grouped.
+        document: dict[str, Any] = reports[0] if single else {"resources": reports}
+        out.write(json.dumps(document, indent=2) + "\n")
     else:
-        out.write(scan_table(report))
+        out.write("\n".join(scan_table(report) for report in reports))
     return 0
 
 
@@ -345,18 +340,23 @@ class Watching:
 def start_watchers(
     args: argparse.Namespace, state: DeviceState, metrics: PluginMetrics, stopping: threading.Event
 ) -> Watching:
+    """``state`` is usually a ResourceStates: the one discovery pass feeds every resource."""
     """First scan now (so the first ListAndWatch is complete), then watch in a thread."""
     from power_device_plugin.watch import ConfigWatcher, DeviceWatcher
 
     def on_scan(result: ScanResult, seconds: float) -> None:
         metrics.scan_duration.observe(seconds)
         metrics.record_snapshot(state.current())
+        if isinstance(state, ResourceStates):
+            for name, one in state.states().items():
+                metrics.record_resource_snapshot(name, one.current())
 
     metrics.config_loaded.set(0)
     configs = ConfigWatcher(
         args.config,
         on_error=lambda error: metrics.config_errors.inc(),
         on_change=lambda config, warnings: metrics.config_loaded.set(1),
+        load=lambda path: load_resources(path, args.resource),
     )
     watcher = DeviceWatcher(
         state,
@@ -367,6 +367,8 @@ def start_watchers(
         poll_interval=DEVICE_POLL_SECONDS,
         on_scan=on_scan,
         on_config_refused=lambda error: metrics.config_errors.inc(),
+        scanner=scan_resources,
+        capacity=capacity_of,
     )
     try:
         watcher.check()
@@ -389,56 +391,176 @@ def run_serve(args: argparse.Namespace) -> int:
     install_stop_handlers(stopping)
     log.info("power-device-plugin %s starting", __version__)
     metrics = PluginMetrics()
-    naming = GrantNaming(args.resource)
-    keeper = CdiSpecKeeper(args.cdi_dir, naming.cdi_kind, metrics)
-    state = RepublishingState(naming=naming, before_publish=keeper.write)
-    keeper.republish = state.publish_again
-    watching = start_watchers(args, state, metrics, stopping)
-    # Before registration: no spec of an earlier run outlives this start.
-    keeper.clear_stale()
-    keeper_thread = threading.Thread(
-        target=keeper.run, args=(stopping,), name="cdi-spec-retry", daemon=True
+    plugins = ResourcePlugins(args, metrics)
+    # Until a valid config says otherwise, the flag's one resource is served with no
+    # units (fail closed): the kubelet shows it with capacity 0.
+    placeholder = ResourceConfig(args.resource, PluginConfig(), single=True)
+    states = ResourceStates(
+        plugins.make_state, plugins.added, plugins.removed, initial=(placeholder,)
     )
-    keeper_thread.start()
-    # grpc and the stubs are imported after the first scan: the memory the scan freed
-    # is then reused by their modules instead of staying behind as holes in the heap
-    # (~0.5 MiB of RSS at 1000 devices). Nothing is served before the first scan anyway.
-    from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
-    from power_device_plugin.server import DevicePluginServicer
-
-    servicer = DevicePluginServicer(state, metrics, stopping)
-    endpoint = Endpoint(args.plugin_dir, args.socket_name, args.resource)
-    lifecycle = PluginLifecycle(endpoint, servicer, metrics, stopping)
+    watching = start_watchers(args, states, metrics, stopping)
+    # grpc and the stubs are imported after the first scan (by start_all): the memory
+    # the scan freed is then reused by their modules instead of staying behind as
+    # holes in the heap (~0.5 MiB of RSS at 1000 devices). Nothing is served before
+    # the first scan anyway.
+    plugins.start_all()
 
     def not_ready() -> str | None:
-        problem = watching.not_ready()
-        if problem is None and not lifecycle.ready():
-            problem = "not registered with the kubelet or no ListAndWatch stream"
-        problems = [p for p in (problem, keeper.problem) if p]
+        problems = [p for p in (watching.not_ready(), plugins.not_ready()) if p]
         return "; ".join(problems) if problems else None
 
     def not_live() -> str | None:
-        return stalled((lifecycle.heartbeat, watching.devices.heartbeat))
+        return stalled((*plugins.heartbeats(), watching.devices.heartbeat))
 
     probes = Probes(not_ready=not_ready, not_live=not_live)
     try:
         health = HealthServer(parse_listen(args.listen), probes, metrics)
     except OSError as error:
         log.error("cannot listen on %s for /healthz, /readyz, /metrics: %s", args.listen, error)
+        stopping.set()
+        plugins.stop_all()
         return 1
     health.start()
     log.info("health and metrics on %s", args.listen)
     try:
-        lifecycle.run()
+        while not stopping.wait(1.0):
+            pass
     finally:
         stopping.set()
-        state.close_subscriptions()
+        plugins.stop_all()
         health.stop()
-        keeper.stop()
-        for thread in (*watching.threads, keeper_thread):
+        for thread in watching.threads:
             thread.join(timeout=1.0)
-        remove_cdi_spec(args.cdi_dir, naming.cdi_kind)
     return 0
+
+
+@dataclass
+class ResourcePlugin:
+    """One configured resource as the kubelet sees it: a plugin of its own."""
+
+    name: str
+    socket_name: str
+    state: RepublishingState
+    keeper: CdiSpecKeeper
+    stopping: WakingEvent
+    metrics: PluginMetrics
+    lifecycle: PluginLifecycle | None = None
+    threads: tuple[threading.Thread, ...] = ()
+
+
+class ResourcePlugins:
+    """The plugins of every configured resource: each has its own state, CDI spec keeper,
+    socket, gRPC server, registration and lifecycle thread.
+
+    ``make_state``, ``added`` and ``removed`` are ResourceStates' hooks: a resource
+    added to the config is served as soon as its first list is built; a removed one
+    has its server stopped, its socket and its CDI spec removed (the kubelet sees its
+    socket go). Nothing is served before :meth:`start_all` (after the first scan).
+    """
+
+    def __init__(self, args: argparse.Namespace, metrics: PluginMetrics) -> None:
+        self._args = args
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._plugins: dict[str, ResourcePlugin] = {}
+        self._started = False
+
+    def make_state(self, resource: ResourceConfig) -> DeviceState:
+        from power_device_plugin.notify import WakingEvent
+
+        naming = naming_for(resource)
+        metrics = self._metrics.for_resource(resource.name)
+        keeper = CdiSpecKeeper(self._args.cdi_dir, naming.cdi_kind, metrics)
+        state = RepublishingState(naming=naming, before_publish=keeper.write)
+        keeper.republish = state.publish_again
+        socket = self._args.socket_name if resource.single else socket_name_for(resource.name)
+        plugin = ResourcePlugin(resource.name, socket, state, keeper, WakingEvent(), metrics)
+        with self._lock:
+            self._plugins[resource.name] = plugin
+        return state
+
+    def added(self, name: str, state: DeviceState) -> None:
+        with self._lock:
+            plugin = self._plugins.get(name)
+            start = self._started and plugin is not None and not plugin.threads
+        if start and plugin is not None:
+            self._start(plugin)
+
+    def removed(self, name: str, state: DeviceState) -> None:
+        with self._lock:
+            plugin = self._plugins.pop(name, None)
+        if plugin is not None:
+            self._stop(plugin)
+
+    def start_all(self) -> None:
+        with self._lock:
+            self._started = True
+            waiting = [p for p in self._plugins.values() if not p.threads]
+        for plugin in waiting:
+            self._start(plugin)
+
+    def _start(self, plugin: ResourcePlugin) -> None:
+        from power_device_plugin.lifecycle import Endpoint, PluginLifecycle
+        from power_device_plugin.server import DevicePluginServicer
+
+        # Before registration: no spec of an earlier run outlives this start.
+        plugin.keeper.clear_stale()
+        servicer = DevicePluginServicer(plugin.state, plugin.metrics, plugin.stopping)
+        endpoint = Endpoint(self._args.plugin_dir, plugin.socket_name, plugin.name)
+        plugin.lifecycle = PluginLifecycle(endpoint, servicer, plugin.metrics, plugin.stopping)
+        plugin.threads = (
+            threading.Thread(
+                target=plugin.keeper.run,
+                args=(plugin.stopping,),
+                name=f"cdi-spec-retry {plugin.name}",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=plugin.lifecycle.run, name=f"kubelet {plugin.name}", daemon=True
+            ),
+        )
+        for thread in plugin.threads:
+            thread.start()
+
+    def _stop(self, plugin: ResourcePlugin) -> None:
+        plugin.stopping.set()
+        plugin.state.close_subscriptions()
+        plugin.keeper.stop()
+        for thread in plugin.threads:
+            thread.join(timeout=2.0)
+        if plugin.threads:
+            # Only a resource that was served: the placeholder a first config replaces
+            # never kept a spec, and the file of its kind may be another plugin's.
+            remove_cdi_spec(self._args.cdi_dir, plugin.keeper.kind)
+        self._metrics.forget_resource(plugin.name)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            plugins = list(self._plugins.values())
+            self._plugins.clear()
+        for plugin in plugins:
+            plugin.stopping.set()
+        for plugin in plugins:
+            self._stop(plugin)
+
+    def plugins(self) -> list[ResourcePlugin]:
+        with self._lock:
+            return list(self._plugins.values())
+
+    def not_ready(self) -> str | None:
+        """Which resources are not registered and streamed, or whose spec is failing."""
+        problems = []
+        for plugin in self.plugins():
+            if plugin.lifecycle is None or not plugin.lifecycle.ready():
+                problems.append(
+                    f"{plugin.name}: not registered with the kubelet or no ListAndWatch stream"
+                )
+            if plugin.keeper.problem:
+                problems.append(f"{plugin.name}: {plugin.keeper.problem}")
+        return "; ".join(problems) if problems else None
+
+    def heartbeats(self) -> list[Heartbeat]:
+        return [p.lifecycle.heartbeat for p in self.plugins() if p.lifecycle is not None]
 
 
 class RepublishingState(DeviceState):

@@ -26,6 +26,8 @@ from .cdi import (
     CDI_DEFAULT_MODE,
     CDI_OFF,
     DeviceOwner,
+    cdi_kind_for,
+    grant_env_for,
     parse_device_owner,
     resolve_mode,
 )
@@ -50,6 +52,43 @@ MAX_UPPER_LIMIT = 1000
 
 DOCUMENT_FIELD = "<document>"
 HOST_DEV_PREFIX = "/dev/"
+
+# IBM's one resource: what a file without ``resources`` advertises (unless --resource
+# names another).
+DEFAULT_RESOURCE = "power-dev-plugin/dev"
+RESOURCES_KEY = "resources"
+# Each resource is one gRPC server, one registration and one stream the kubelet keeps.
+MAX_RESOURCES = 64
+# Units across every resource: each is an entry in a ListAndWatch list the kubelet
+# keeps (one resource alone is capped at devices.MAX_UNITS).
+MAX_TOTAL_UNITS = 20_000
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def resource_name(text: str) -> str:
+    """A valid extended resource name (`domain/name`, not in kubernetes.io); ValueError says why."""
+    domain, sep, name = text.partition("/")
+    if not sep or not domain or not name:
+        raise ValueError(f"{text!r} must be domain/name, like {DEFAULT_RESOURCE!r}")
+    if len(domain) > 253 or not _DNS_SUBDOMAIN.match(domain):
+        raise ValueError(f"{text!r}: domain {domain!r} is not a lower-case DNS subdomain")
+    if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        raise ValueError(f"{text!r}: the kubernetes.io domain is reserved; use your own domain")
+    if domain.startswith("requests."):
+        raise ValueError(f"{text!r}: a domain starting with 'requests.' is reserved for quotas")
+    if len(name) > 63 or not _NAME.match(name):
+        raise ValueError(
+            f"{text!r}: name {name!r} must be at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    try:
+        cdi_kind_for(text)
+    except ValueError as error:
+        raise ValueError(f"{text!r} makes no CDI kind: {error}") from None
+    return text
 
 
 class ConfigError(Exception):
@@ -262,21 +301,22 @@ KNOWN_KEYS = (
 )
 
 
-def _unknown_key_warnings(doc: dict[str, Any], source: str) -> list[str]:
+def _unknown_key_warnings(
+    doc: dict[str, Any], source: str, known: tuple[str, ...] = KNOWN_KEYS
+) -> list[str]:
     warnings = []
     for key in doc:
-        if key in KNOWN_KEYS:
+        if key in known:
             continue
         import difflib  # only here: an unknown key is rare, and difflib weighs ~1 MiB RSS
 
-        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+        close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         warnings.append(f"{source}: unknown key {key!r} ignored{hint}")
     return warnings
 
 
-def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
-    """Parse a ``config.json`` document. Returns (config, warnings); raises ConfigError."""
+def _decode(text: str, source: str) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -287,6 +327,17 @@ def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
         ) from None
     if not isinstance(doc, dict):
         raise ConfigError(source, DOCUMENT_FIELD, f"must be a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+def parse_config(text: str, source: str) -> tuple[PluginConfig, list[str]]:
+    """Parse a ``config.json`` document. Returns (config, warnings); raises ConfigError."""
+    return config_from_doc(_decode(text, source), source)
+
+
+def config_from_doc(doc: dict[str, Any], source: str) -> tuple[PluginConfig, list[str]]:
+    """One resource's config from its decoded keys (IBM's whole file, or one entry of
+    ``resources`` with the file-wide keys added). Raises ConfigError."""
     read = _Reader(doc, source)
     permissions = read.checked(
         "permissions", read.str_("permissions", DEFAULT_PERMISSIONS), parse_permissions
@@ -338,6 +389,10 @@ def load_config(path: Path) -> tuple[PluginConfig, list[str]]:
     """Read and parse the config file. Raises ConfigError, also for a missing file:
     the plugin fails closed, so no file never means "the defaults" (which would
     advertise every block device)."""
+    return parse_config(_read_text(path), str(path))
+
+
+def _read_text(path: Path) -> str:
     source = str(path)
     try:
         raw = path.read_bytes()
@@ -354,4 +409,164 @@ def load_config(path: Path) -> tuple[PluginConfig, list[str]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, DOCUMENT_FIELD, f"not UTF-8 text: {exc.reason}") from None
-    return parse_config(text, source)
+    return text
+
+
+# Keys that describe one resource's devices: at the top of IBM's form, or in an entry
+# of ``resources``. The others are file-wide.
+RESOURCE_KEYS = (
+    "nx-gzip",
+    "permissions",
+    "include-devices",
+    "exclude-devices",
+    "upper-limit",
+    "grant-mode",
+    "cdi",
+    "device-owner",
+)
+FILE_KEYS = ("discovery-strategy", "scan-interval")
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """One resource of the file: its extended resource name and its device keys.
+
+    ``single`` is True for IBM's form (no ``resources`` list): that one resource keeps
+    the name, socket and ``PDP_DEVICES`` env it has always had.
+    """
+
+    name: str
+    config: PluginConfig
+    single: bool = False
+
+
+def _union(parts: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """The include globs of every resource, or () when one of them takes every block
+    device (then every device is a candidate anyway)."""
+    if any(not part for part in parts):
+        return ()
+    return tuple(dict.fromkeys(p for part in parts for p in part))
+
+
+@dataclass(frozen=True)
+class FileConfig(PluginConfig):
+    """A whole ``config.json``: its resources in file order, and the file-wide keys.
+
+    It is a PluginConfig whose device keys are those of every resource together (the
+    union of the include globs, nx-gzip if any has it), which is what the watcher
+    needs to know which directories to watch; what each resource is granted comes
+    from its own entry in ``resources``.
+    """
+
+    resources: tuple[ResourceConfig, ...] = ()
+
+    @staticmethod
+    def of(resources: tuple[ResourceConfig, ...]) -> FileConfig:
+        first = resources[0].config
+        return FileConfig(
+            nx_gzip=any(r.config.nx_gzip for r in resources),
+            include_devices=_union(tuple(r.config.include_devices for r in resources)),
+            discovery_strategy=first.discovery_strategy,
+            scan_interval_seconds=first.scan_interval_seconds,
+            resources=resources,
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.resources)
+
+
+def parse_resources(
+    text: str, source: str, default_resource: str = DEFAULT_RESOURCE
+) -> tuple[FileConfig, list[str]]:
+    """Parse a ``config.json`` that may list several resources. Returns (config,
+    warnings); raises ConfigError.
+
+    Without ``resources`` the file is IBM's: one resource, ``default_resource``, with
+    every key at the top, parsed exactly as :func:`parse_config` does."""
+    doc = _decode(text, source)
+    if RESOURCES_KEY not in doc:
+        config, warnings = config_from_doc(doc, source)
+        resource = ResourceConfig(default_resource, config, single=True)
+        return FileConfig.of((resource,)), warnings
+    beside = [key for key in RESOURCE_KEYS if key in doc]
+    if beside:
+        raise ConfigError(
+            source,
+            RESOURCES_KEY,
+            f"cannot stand beside top-level device keys ({', '.join(beside)}): move them "
+            f"into an entry of {RESOURCES_KEY}, or drop {RESOURCES_KEY} for the one "
+            f"resource {default_resource!r}",
+        )
+    entries = doc[RESOURCES_KEY]
+    if not isinstance(entries, list):
+        raise ConfigError(
+            source, RESOURCES_KEY, f"must be a list of resources, got {_type_name(entries)}"
+        )
+    if not entries:
+        raise ConfigError(
+            source, RESOURCES_KEY, "is empty; list at least one resource, or drop the key"
+        )
+    if len(entries) > MAX_RESOURCES:
+        raise ConfigError(
+            source, RESOURCES_KEY, f"lists {len(entries)} resources; at most {MAX_RESOURCES}"
+        )
+    file_wide = {key: doc[key] for key in FILE_KEYS if key in doc}
+    warnings = [
+        w
+        for w in _unknown_key_warnings(doc, source, (*KNOWN_KEYS, RESOURCES_KEY))
+        if "unknown key" in w
+    ]
+    resources: list[ResourceConfig] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"{RESOURCES_KEY}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(source, where, f"must be an object, got {_type_name(entry)}")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            reason = "is missing" if name is None else f"must be a string, got {_type_name(name)}"
+            raise ConfigError(source, f"{where}.name", f"{reason}; give domain/name")
+        try:
+            resource_name(name)
+        except ValueError as error:
+            raise ConfigError(source, f"{where}.name", str(error)) from None
+        if name in seen:
+            raise ConfigError(
+                source, f"{where}.name", f"{name!r} is already {RESOURCES_KEY}[{seen[name]}]"
+            )
+        # Names that differ only in punctuation would share an env var, a socket, a spec.
+        twin = next((n for n in seen if grant_env_for(n) == grant_env_for(name)), None)
+        if twin is not None:
+            raise ConfigError(
+                source,
+                f"{where}.name",
+                f"{name!r} and {twin!r} differ only in case or punctuation: both would "
+                f"set {grant_env_for(name)}; rename one",
+            )
+        seen[name] = index
+        wide = [key for key in FILE_KEYS if key in entry]
+        if wide:
+            raise ConfigError(
+                source,
+                f"{where}.{wide[0]}",
+                "is file-wide: set it once at the top of the file, beside resources",
+            )
+        keys = {k: v for k, v in entry.items() if k != "name"}
+        try:
+            config, entry_warnings = config_from_doc({**keys, **file_wide}, source)
+        except ConfigError as error:
+            raise ConfigError(source, f"{where} ({name}).{error.field}", error.reason) from None
+        warnings += [
+            w.replace(f"{source}: ", f"{source}: {where} ({name}): ", 1) for w in entry_warnings
+        ]
+        resources.append(ResourceConfig(name, config))
+    return FileConfig.of(tuple(resources)), warnings
+
+
+def load_resources(
+    path: Path, default_resource: str = DEFAULT_RESOURCE
+) -> tuple[FileConfig, list[str]]:
+    """Read and parse the config file with :func:`parse_resources`. Raises ConfigError,
+    also for a missing file (the plugin fails closed)."""
+    return parse_resources(_read_text(path), str(path), default_resource)

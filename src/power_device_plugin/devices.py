@@ -133,6 +133,9 @@ class GrantNaming:
     """How grants name what they hand out: derived from the resource once."""
 
     resource: str = DEFAULT_RESOURCE
+    # The env var that lists a grant's devices: PDP_DEVICES for IBM's one resource,
+    # one per resource in a ``resources`` list (cdi.grant_env_for).
+    env_name: str = cdi.GRANT_ENV
 
     @property
     def cdi_kind(self) -> str:
@@ -222,6 +225,7 @@ class _GrantStyle:
     cdi_mode: str = cdi.CDI_OFF
     cdi_kind: str = ""
     annotation_key: str = ""
+    env_name: str = cdi.GRANT_ENV
 
 
 def _grant(
@@ -240,7 +244,7 @@ def _grant(
     value = cdi.grant_value(paths)
     return ContainerGrant(
         devices=tuple(DeviceSpecGrant(p, p, style.permissions) for p in specs),
-        envs={cdi.GRANT_ENV: value} if paths else {},
+        envs={style.env_name: value} if paths else {},
         annotations={style.annotation_key: value} if paths and style.annotation_key else {},
         cdi_devices=qualified,
     )
@@ -559,6 +563,7 @@ def build_snapshot(
         cdi_mode=config.cdi,
         cdi_kind=naming.cdi_kind if config.cdi != cdi.CDI_OFF else "",
         annotation_key=naming.annotation_key,
+        env_name=naming.env_name,
     )
     capped = ""
     if config.grant_mode == GRANT_ALL:
@@ -731,6 +736,10 @@ class DeviceState:
         self._known: dict[str, DeviceRecord] = {}  # by device ID; only under _updating
         self._version = 0
         self._subscriptions: set[Subscription] = set()
+
+    @property
+    def resource(self) -> str:
+        return self._naming.resource
 
     def current(self) -> DeviceSnapshot:
         with self._changed:

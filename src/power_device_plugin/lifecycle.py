@@ -38,7 +38,7 @@ from power_device_plugin.notify import (
     ChangeNotifier,
     NotifyUnavailable,
 )
-from power_device_plugin.server import DevicePluginServicer, ServingLoop
+from power_device_plugin.server import DevicePluginServicer, ResourceLog, ServingLoop
 from power_device_plugin.watch import release_free_heap
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,12 @@ class PluginLifecycle:
     ) -> None:
         self.endpoint = endpoint
         self._servicer = servicer
+        self._log = ResourceLog(log, endpoint.resource)
         self._metrics = metrics
         self._stopping = stopping
         self._registered = threading.Event()
         # Beaten on every turn of every wait below; /healthz fails when it stops.
-        self.heartbeat = Heartbeat("kubelet lifecycle loop")
+        self.heartbeat = Heartbeat(f"kubelet lifecycle loop of {endpoint.resource}")
         self._serving: ServingLoop | None = None
         self._notifier: ChangeNotifier | None = None
         # When the current kubelet outage began (monotonic), None while registered or
@@ -151,7 +152,7 @@ class PluginLifecycle:
                 except Exception as error:  # any failure: the answer is to start again
                     delay = delays[min(failures, len(delays) - 1)]
                     failures += 1
-                    log.error(
+                    self._log.error(
                         "cannot serve on %s: %s; starting again in %.1fs",
                         self.endpoint.socket_path,
                         error,
@@ -165,13 +166,13 @@ class PluginLifecycle:
             serving, self._serving = self._serving, None
             if serving is not None:
                 serving.close()
-            log.info("plugin stopped")
+            self._log.info("plugin stopped")
 
     def _open_notifier(self) -> ChangeNotifier | None:
         try:
             notifier = ChangeNotifier()
         except NotifyUnavailable as error:
-            log.warning(
+            self._log.warning(
                 "no kernel change notification (%s): checking the sockets every %.2fs",
                 error,
                 POLL_SECONDS,
@@ -194,7 +195,7 @@ class PluginLifecycle:
                 try:
                     notifier.wait(min(timeout, SAFETY_POLL_SECONDS))
                 except OSError as error:
-                    log.warning(
+                    self._log.warning(
                         "waiting on %s failed (%s): polling", self.endpoint.plugin_dir, error
                     )
                     notifier.close()
@@ -213,7 +214,7 @@ class PluginLifecycle:
                 return
             reason = self._watch(own, kubelet)
             if reason:
-                log.warning("%s: registering again", reason)
+                self._log.warning("%s: registering again", reason)
         finally:
             self._registered.clear()
             serving.stop(STOP_GRACE_SECONDS)
@@ -236,7 +237,7 @@ class PluginLifecycle:
             return
         if stat.S_ISDIR(mode):
             raise OSError(f"{path} is a directory; cannot serve the plugin socket there")
-        log.info("removing stale %s left by an earlier run", path)
+        self._log.info("removing stale %s left by an earlier run", path)
         path.unlink()
 
     def _remove_socket(self, own: SocketSignature | None) -> None:
@@ -269,7 +270,7 @@ class PluginLifecycle:
             while not self._wait_for_sockets(max(0.0, deadline - time.monotonic())):
                 self.heartbeat.beat()
                 if socket_signature(self.endpoint.socket_path) != own:
-                    log.warning(
+                    self._log.warning(
                         "plugin socket %s removed while registering", self.endpoint.socket_path
                     )
                     return None
@@ -287,7 +288,7 @@ class PluginLifecycle:
             self._outage_since = time.monotonic()
             self._metrics.registrations.labels(result="failed").inc()
             level = logging.WARNING
-        log.log(
+        self._log.log(
             level,
             "kubelet not reachable at %s (%s); retrying in %.1fs (backing off to %.0fs)",
             self.endpoint.kubelet_socket,

@@ -162,6 +162,13 @@ class _Family(Generic[_V]):
                 value = self._values[key] = self._new_value(self._lock)
         return value
 
+    def forget(self, **values: str) -> None:
+        """Drop every value whose labels include these (a resource that went away)."""
+        positions = [(self.label_names.index(k), str(v)) for k, v in values.items()]
+        with self._lock:
+            for key in [k for k in self._values if all(k[i] == v for i, v in positions)]:
+                del self._values[key]
+
     def _unlabelled(self) -> _V:
         if self.label_names:
             raise ValueError(
@@ -216,8 +223,65 @@ class Histogram(_Family[_HistogramValue]):
         self._unlabelled().observe(amount)
 
 
+class _BothCounts(_CounterValue):
+    """Counts in the process-wide total and in one resource's value at once."""
+
+    def __init__(self, total: _CounterValue, own: _CounterValue) -> None:
+        self._total = total
+        self._own = own
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._total.inc(amount)
+        self._own.inc(amount)
+
+
+class _ResourceCounter(Counter):
+    """``total`` as one resource's server counts in it: also counted under its label."""
+
+    def __init__(self, total: Counter, by_resource: Counter, resource: str) -> None:
+        super().__init__(total.name, total.help_text, total.label_names)
+        self._total = total
+        self._by_resource = by_resource
+        self._resource = resource
+
+    def labels(self, **values: str) -> _CounterValue:
+        return _BothCounts(
+            self._total.labels(**values),
+            self._by_resource.labels(resource=self._resource, **values),
+        )
+
+
+class _ResourceGauge(Gauge):
+    """A gauge one resource sets: its own labelled value, and the total of every
+    resource's (``combine``: sum, or max for a 0/1 flag) in the process-wide one."""
+
+    def __init__(
+        self,
+        total: Gauge,
+        by_resource: Gauge,
+        resource: str,
+        values: dict[str, float],
+        combine: Callable[[Iterable[float]], float],
+    ) -> None:
+        super().__init__(total.name, total.help_text)
+        self._total = total
+        self._by_resource = by_resource
+        self._resource = resource
+        self._shares = values
+        self._combine = combine
+
+    def set(self, value: float) -> None:
+        self._by_resource.labels(resource=self._resource).set(value)
+        self._shares[self._resource] = float(value)
+        self._total.set(self._combine(list(self._shares.values()) or [0.0]))
+
+
 class PluginMetrics:
-    """Everything `/metrics` reports; the parts that count call the methods below."""
+    """Everything `/metrics` reports; the parts that count call the methods below.
+
+    The unlabelled families are the process's totals; the ``pdp_resource_*`` ones
+    say the same per resource. :meth:`for_resource` gives a resource's servers a
+    PluginMetrics that counts in both."""
 
     def __init__(self) -> None:
         self.devices = Gauge(
@@ -264,6 +328,33 @@ class PluginMetrics:
             "1 while the plugin's CDI spec cannot be written or removed as the grants need "
             "(retried every second; /readyz says why), else 0.",
         )
+        self.resource_units = Gauge(
+            "pdp_resource_advertised_units",
+            "Device IDs last advertised to the kubelet, by resource and health.",
+            ("resource", "health"),
+        )
+        self.resource_allocations = Counter(
+            "pdp_resource_allocations",
+            "Allocate calls answered, by resource and result.",
+            ("resource", "result"),
+        )
+        self.resource_registrations = Counter(
+            "pdp_resource_registrations",
+            "Registrations with the kubelet, by resource and result.",
+            ("resource", "result"),
+        )
+        self.resource_streams = Gauge(
+            "pdp_resource_list_and_watch_streams",
+            "ListAndWatch streams currently open, by resource.",
+            ("resource",),
+        )
+        self.resource_cdi_spec_failing = Gauge(
+            "pdp_resource_cdi_spec_failing",
+            "1 while the resource's CDI spec cannot be kept as its grants need, else 0.",
+            ("resource",),
+        )
+        self._stream_counts: dict[str, float] = {}
+        self._cdi_failing: dict[str, float] = {}
         self._families: tuple[_Family[Any], ...] = (
             self.devices,
             self.units,
@@ -274,6 +365,11 @@ class PluginMetrics:
             self.scan_duration,
             self.streams,
             self.cdi_spec_failing,
+            self.resource_units,
+            self.resource_allocations,
+            self.resource_registrations,
+            self.resource_streams,
+            self.resource_cdi_spec_failing,
         )
         # Every label value exists from the start, so a count of 0 is visible
         # (and rate() works) before the first event of its kind.
@@ -284,6 +380,55 @@ class PluginMetrics:
             self.allocations.labels(result=result)
         for result in REGISTRATION_RESULTS:
             self.registrations.labels(result=result)
+
+    def for_resource(self, resource: str) -> PluginMetrics:
+        """The metrics one resource's server, lifecycle and CDI keeper count in: the
+        same families, with allocations, registrations, streams and the CDI flag also
+        counted under ``resource``."""
+        import copy
+
+        view = copy.copy(self)
+        view.allocations = _ResourceCounter(self.allocations, self.resource_allocations, resource)
+        view.registrations = _ResourceCounter(
+            self.registrations, self.resource_registrations, resource
+        )
+        view.streams = _ResourceGauge(
+            self.streams, self.resource_streams, resource, self._stream_counts, sum
+        )
+        view.cdi_spec_failing = _ResourceGauge(
+            self.cdi_spec_failing, self.resource_cdi_spec_failing, resource, self._cdi_failing, max
+        )
+        for result in ALLOCATION_RESULTS:
+            self.resource_allocations.labels(resource=resource, result=result)
+        for result in REGISTRATION_RESULTS:
+            self.resource_registrations.labels(resource=resource, result=result)
+        view.streams.set(0)
+        view.cdi_spec_failing.set(0)
+        return view
+
+    def forget_resource(self, resource: str) -> None:
+        """A resource left the config: its values go, and the totals lose its share."""
+        for family in (
+            self.resource_units,
+            self.resource_allocations,
+            self.resource_registrations,
+            self.resource_streams,
+            self.resource_cdi_spec_failing,
+        ):
+            family.forget(resource=resource)
+        for values, total, combine in (
+            (self._stream_counts, self.streams, sum),
+            (self._cdi_failing, self.cdi_spec_failing, max),
+        ):
+            values.pop(resource, None)
+            total.set(combine(list(values.values()) or [0.0]))
+
+    def record_resource_snapshot(self, resource: str, snapshot: DeviceSnapshot) -> None:
+        units = dict.fromkeys(HEALTH_VALUES, 0)
+        for device in snapshot.devices:
+            units[device.health] = units.get(device.health, 0) + 1
+        for health, count in units.items():
+            self.resource_units.labels(resource=resource, health=health).set(count)
 
     def record_snapshot(self, snapshot: DeviceSnapshot) -> None:
         """Set the per-health gauges from the snapshot now being advertised."""

@@ -290,6 +290,17 @@ class StreamCounter:
             return self._open
 
 
+class ResourceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose lines start with the resource they are about."""
+
+    def __init__(self, logger: logging.Logger, resource: str) -> None:
+        super().__init__(logger, {})
+        self.resource = resource
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.resource}: {msg}", kwargs
+
+
 class DevicePluginServicer:
     """The answers, from `state`'s current snapshot: plain functions of a request that
     return the answer or raise :class:`Refused`. :class:`DevicePluginService` puts them
@@ -305,6 +316,8 @@ class DevicePluginServicer:
         self._state = state
         self._metrics = metrics
         self.stopping = stopping
+        # Every line names the resource: one process may serve several.
+        self.log = ResourceLog(log, state.resource)
         self.streams = streams if streams is not None else StreamCounter(metrics)
         self._grants = GrantWireCache()
         self._list_lock = threading.Lock()
@@ -316,7 +329,7 @@ class DevicePluginServicer:
 
     def options(self) -> pb.DevicePluginOptions:
         mode = self._state.current().cdi_mode
-        log.info("GetDevicePluginOptions: cdi %s: %s", mode, cdi.CDI_MODE_NEEDS[mode])
+        self.log.info("GetDevicePluginOptions: cdi %s: %s", mode, cdi.CDI_MODE_NEEDS[mode])
         return pb.DevicePluginOptions(
             pre_start_required=False, get_preferred_allocation_available=True
         )
@@ -354,7 +367,7 @@ class DevicePluginServicer:
             outside = set(must_include).difference(available)
             if outside:
                 # The kubelet never asks this; answering only from `available` is the contract.
-                log.warning(
+                self.log.warning(
                     "GetPreferredAllocation container request %d: %d must_include_deviceIDs "
                     "(first %s) are not in available_deviceIDs; left out of the answer",
                     index,
@@ -406,7 +419,7 @@ class DevicePluginServicer:
             responses.append(part)
             if log.isEnabledFor(logging.DEBUG):
                 grant = snapshot.grant_for(key)
-                log.debug(
+                self.log.debug(
                     "Allocate container request %d: %d units granted %d device nodes, "
                     "%d CDI devices, PDP_DEVICES=%s",
                     index,
@@ -613,7 +626,7 @@ class DevicePluginService:
         state = self.servicer.state
         try:
             sent = state.current().devices
-            log.log(level, "ListAndWatch opened: sending %d devices", len(sent))
+            self.servicer.log.log(level, "ListAndWatch opened: sending %d devices", len(sent))
             yield self.servicer.list_wire(sent)
             while True:
                 await stream.wake.wait()
@@ -624,7 +637,7 @@ class DevicePluginService:
                 if devices == sent:
                     continue
                 sent = devices
-                log.log(level, "ListAndWatch update: sending %d devices", len(sent))
+                self.servicer.log.log(level, "ListAndWatch update: sending %d devices", len(sent))
                 yield self.servicer.list_wire(sent)
             if stream.ended and not self.servicer.stopping.is_set():
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, stream.ended)
@@ -640,7 +653,7 @@ class DevicePluginService:
         try:
             return self.servicer.preferred_allocation(request)
         except Refused as refused:
-            log.warning("GetPreferredAllocation refused: %s", refused.details)
+            self.servicer.log.warning("GetPreferredAllocation refused: %s", refused.details)
             await context.abort(refused.code, refused.details)
             raise  # abort() raises; this keeps type checkers and readers sure of it
 
@@ -652,7 +665,7 @@ class DevicePluginService:
         try:
             return self.servicer.allocate_wire(request)
         except Refused as refused:
-            log.warning("Allocate refused: %s", refused.details)
+            self.servicer.log.warning("Allocate refused: %s", refused.details)
             await context.abort(refused.code, refused.details)
             raise
 

@@ -196,12 +196,23 @@ def release_free_heap() -> None:
 
 def describe_config(config: PluginConfig) -> str:
     """The parts of a config that decide what is advertised, for log lines."""
+    listed = [r for r in getattr(config, "resources", ()) if not r.single]
+    if listed:
+        return "; ".join(f"{r.name} ({describe_config(r.config)})" for r in listed)
     includes = ", ".join(config.include_devices) or "every block device"
     excludes = ", ".join(config.exclude_devices) or "none"
     return (
         f"include-devices: {includes}; exclude-devices: {excludes}; "
         f"nx-gzip: {str(config.nx_gzip).lower()}; grant-mode: {config.grant_mode}"
     )
+
+
+Scanner = Callable[[PluginConfig, Path, Path, HostUse, bool], ScanResult]
+Capacity = Callable[[PluginConfig, ScanResult], "str | None"]
+
+
+def _capacity(config: PluginConfig, result: ScanResult) -> str | None:
+    return capacity_problem(config, len(result.advertised()))
 
 
 class ConfigSource(Protocol):
@@ -245,8 +256,10 @@ class ConfigWatcher:
         path: Path,
         on_error: Callable[[ConfigError], None] | None = None,
         on_change: Callable[[PluginConfig, list[str]], None] | None = None,
+        load: Callable[[Path], tuple[PluginConfig, list[str]]] = load_config,
     ) -> None:
         self.path = path
+        self._load = load
         self._on_error = on_error
         self._on_change = on_change
         self._lock = threading.Lock()
@@ -275,7 +288,7 @@ class ConfigWatcher:
         first_load = self._signature is None
         self._signature = signature
         try:
-            config, warnings = load_config(self.path)
+            config, warnings = self._load(self.path)
         except ConfigError as error:
             self.last_error = error
             kept = self.current()
@@ -323,6 +336,8 @@ class DeviceWatcher:
         safety_poll_seconds: float = SAFETY_POLL_SECONDS,
         uevents: bool = True,
         uevent_source: Callable[[], UeventSocket] | None = None,
+        scanner: Scanner | None = None,
+        capacity: Capacity = _capacity,
     ) -> None:
         self.state = state
         # Kernel uevents as one more source of run()'s notifier; ``uevent_source``
@@ -332,6 +347,10 @@ class DeviceWatcher:
         # Rounds by what the last uevent wake led to: "refreshed" (the named devices'
         # health re-read), "rescanned" (a full scan); for tests and the bench.
         self.uevent_rounds: dict[str, int] = {"refreshed": 0, "rescanned": 0}
+        # The discovery pass (discovery.scan when None) and its capacity check
+        # (resources.py gives both for several resources).
+        self._scanner = scanner
+        self._capacity = capacity
         # Kernel change notification in run(); False: a round every poll_interval.
         self.notify = notify
         self.safety_poll_seconds = safety_poll_seconds
@@ -360,7 +379,7 @@ class DeviceWatcher:
     def _rescan(self, config: PluginConfig, now: float) -> bool:
         started = time.perf_counter()
         host_use = read_host_use(self.host_proc, self.sys_root)
-        result = scan(config, self.dev_root, self.sys_root, host_use, explain_unmatched=False)
+        result = self._discover(config, host_use)
         if config != self.applied:
             config, result = self._capacity_checked(config, result, host_use)
         seconds = time.perf_counter() - started
@@ -391,7 +410,7 @@ class DeviceWatcher:
     ) -> tuple[PluginConfig, ScanResult]:
         """A new config whose units would not fit one ListAndWatch message is refused:
         the last applied one stays (rescanned under it), or, with none, nothing is advertised."""
-        problem = capacity_problem(config, len(result.advertised()))
+        problem = self._capacity(config, result)
         if problem is None:
             return config, result
         error = ConfigError(str(getattr(self.config, "path", "config")), "upper-limit", problem)
@@ -407,7 +426,11 @@ class DeviceWatcher:
             log.error("%s; no config applied yet: advertising nothing", error)
             return config, ScanResult(())
         log.error("%s; keeping the last applied config (%s)", error, describe_config(kept))
-        return kept, scan(kept, self.dev_root, self.sys_root, host_use, explain_unmatched=False)
+        return kept, self._discover(kept, host_use)
+
+    def _discover(self, config: PluginConfig, host_use: HostUse) -> ScanResult:
+        scanner = self._scanner if self._scanner is not None else scan
+        return scanner(config, self.dev_root, self.sys_root, host_use, False)
 
     def _no_config_yet(self, now: float) -> None:
         """Fail closed, and say so now and then (ConfigWatcher logs each bad version)."""

@@ -257,3 +257,51 @@ class KubeletStub:
         )
         response = self.latest_connection().stub.GetPreferredAllocation(request, timeout=timeout)
         return list(response.container_responses[0].deviceIDs)
+
+    # -- several resources: one plugin each ----------------------------------
+
+    def connection_of(self, resource: str, timeout: float = 5.0) -> PluginConnection:
+        """The newest connection of the plugin registered for ``resource``."""
+
+        def found() -> tuple[PluginConnection] | None:
+            for connection in reversed(self.connections):
+                if connection.registration.resource_name == resource:
+                    return (connection,)
+            return None
+
+        result = self._wait(found, timeout, f"a connection for {resource}")
+        assert isinstance(result, tuple)
+        connection: PluginConnection = result[0]
+        return connection
+
+    def wait_for_list_of(
+        self, resource: str, matches: Callable[[Devices], bool], timeout: float = 5.0
+    ) -> Devices:
+        """Wait for a list of ``resource``'s newest connection that satisfies ``matches``."""
+        connection = self.connection_of(resource, timeout)
+
+        def found() -> tuple[Devices] | None:
+            for _, devices in reversed(connection.lists):
+                if matches(devices):
+                    return (devices,)
+            return None
+
+        result = self._wait(found, timeout, f"a matching list of {resource}")
+        assert isinstance(result, tuple)
+        devices: Devices = result[0]
+        return devices
+
+    def allocate_of(
+        self, resource: str, *containers: Sequence[str], timeout: float = 5.0
+    ) -> pb.AllocateResponse:
+        """Allocate on ``resource``'s plugin, as the kubelet does for each resource a
+        container asks for."""
+        request = pb.AllocateRequest(
+            container_requests=[
+                pb.ContainerAllocateRequest(devices_ids=list(ids)) for ids in containers
+            ]
+        )
+        response: pb.AllocateResponse = self.connection_of(resource).stub.Allocate(
+            request, timeout=timeout
+        )
+        return response

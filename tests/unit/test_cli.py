@@ -340,3 +340,34 @@ def test_health_server_makes_room_for_a_probe_beyond_its_connection_bound() -> N
         for connection in idle:
             connection.close()
         server.stop()
+
+
+def test_scan_with_resources_groups_the_report_by_resource_and_says_who_owns_a_device(
+    tmp_path: Path,
+) -> None:
+    _fake_tree(tmp_path)
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "resources": [
+                    {"name": "a.com/first", "include-devices": ["/dev/sda"]},
+                    {"name": "a.com/second", "include-devices": ["/dev/sd*"]},
+                ]
+            }
+        )
+    )
+    args = cli.parse_args(["scan", "--output", "json", *_scan_flags(tmp_path)], {})
+    out = io.StringIO()
+    assert cli.run_scan(args, out) == 0
+    first, second = json.loads(out.getvalue())["resources"]
+    assert (first["resource"], second["resource"]) == ("a.com/first", "a.com/second")
+    assert len(first["devices"]) == 1 and second["devices"] == []
+    sda = next(c for c in second["candidates"] if c["host_path"] == "/dev/sda")
+    assert (sda["verdict"], sda["rule"]) == ("refused", "resources")
+    assert "granted by a.com/first" in sda["reason"]
+    table_args = cli.parse_args(["scan", *_scan_flags(tmp_path)], {})
+    table = io.StringIO()
+    assert cli.run_scan(table_args, table) == 0
+    text = table.getvalue()
+    assert "a.com/first: 1 device IDs would be advertised" in text
+    assert "a.com/second: 0 device IDs would be advertised" in text

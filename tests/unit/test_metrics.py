@@ -101,6 +101,36 @@ def reference_metrics() -> tuple[CollectorRegistry, SimpleNamespace]:
         cdi_spec_failing=ReferenceGauge(
             metrics.cdi_spec_failing.name, metrics.cdi_spec_failing.help_text, registry=registry
         ),
+        resource_units=ReferenceGauge(
+            metrics.resource_units.name,
+            metrics.resource_units.help_text,
+            ["resource", "health"],
+            registry=registry,
+        ),
+        resource_allocations=ReferenceCounter(
+            metrics.resource_allocations.name,
+            metrics.resource_allocations.help_text,
+            ["resource", "result"],
+            registry=registry,
+        ),
+        resource_registrations=ReferenceCounter(
+            metrics.resource_registrations.name,
+            metrics.resource_registrations.help_text,
+            ["resource", "result"],
+            registry=registry,
+        ),
+        resource_streams=ReferenceGauge(
+            metrics.resource_streams.name,
+            metrics.resource_streams.help_text,
+            ["resource"],
+            registry=registry,
+        ),
+        resource_cdi_spec_failing=ReferenceGauge(
+            metrics.resource_cdi_spec_failing.name,
+            metrics.resource_cdi_spec_failing.help_text,
+            ["resource"],
+            registry=registry,
+        ),
     )
     for health in HEALTH_VALUES:
         m.devices.labels(health=health).set(0)
@@ -162,6 +192,11 @@ def test_events_are_read_back_by_the_parser_with_their_types_labels_and_values()
         "pdp_scan_duration_seconds": "histogram",
         "pdp_list_and_watch_streams": "gauge",
         "pdp_cdi_spec_failing": "gauge",
+        "pdp_resource_advertised_units": "gauge",
+        "pdp_resource_allocations": "counter",
+        "pdp_resource_registrations": "counter",
+        "pdp_resource_list_and_watch_streams": "gauge",
+        "pdp_resource_cdi_spec_failing": "gauge",
     }
     assert value_of(text, "pdp_allocations_total", result="ok") == 1
     assert value_of(text, "pdp_allocations_total", result="unknown") == 2
@@ -370,3 +405,31 @@ def test_importing_the_metrics_module_loads_no_http_email_or_prometheus_client()
     before, after = result.stdout.splitlines()
     assert after == before
     assert after in ("[]", "['urllib', 'urllib.parse']")
+
+
+def test_each_resource_counts_under_its_label_and_in_the_totals() -> None:
+    metrics = PluginMetrics()
+    disks, nx = metrics.for_resource("a.com/disks"), metrics.for_resource("a.com/nx")
+    disks.allocations.labels(result="ok").inc()
+    nx.allocations.labels(result="ok").inc()
+    nx.allocations.labels(result="unknown").inc()
+    disks.registrations.labels(result="ok").inc()
+    disks.streams.set(1)
+    nx.streams.set(2)
+    nx.cdi_spec_failing.set(1)
+    text = metrics.exposition().decode("utf-8")
+    assert value_of(text, "pdp_allocations_total", result="ok") == 2
+    assert (
+        value_of(text, "pdp_resource_allocations_total", resource="a.com/nx", result="unknown") == 1
+    )
+    assert (
+        value_of(text, "pdp_resource_allocations_total", resource="a.com/disks", result="ok") == 1
+    )
+    assert value_of(text, "pdp_list_and_watch_streams") == 3
+    assert value_of(text, "pdp_resource_list_and_watch_streams", resource="a.com/nx") == 2
+    assert value_of(text, "pdp_cdi_spec_failing") == 1
+    metrics.forget_resource("a.com/nx")
+    text = metrics.exposition().decode("utf-8")
+    assert value_of(text, "pdp_list_and_watch_streams") == 1
+    assert value_of(text, "pdp_cdi_spec_failing") == 0
+    assert 'resource="a.com/nx"' not in text
