@@ -46,6 +46,7 @@ from .discovery import (
     sysfs_identity,
     sysfs_problem,
 )
+from .resources import ResourcesScan
 from .small_files import list_dir, read_text
 from .uevents import DeviceNumber, Uevent
 
@@ -168,9 +169,27 @@ def plan_refresh(events: Iterable[Uevent], lost: bool, sys_root: str) -> Plan:
 
 def refreshed(result: ScanResult, entries: Mapping[DeviceNumber, str]) -> ScanResult | None:
     """``result`` with the problems of the advertised block devices in ``entries`` read
-    again; the same object when none changed; None when a full scan is needed."""
+    again; the same object when none changed; None when a full scan is needed.
+
+    A scan of several resources is refreshed part by part and stays split: each
+    resource keeps exactly the devices the scan gave it."""
     if not entries:
         return result
+    if isinstance(result, ResourcesScan):
+        parts: list[tuple[str, ScanResult]] = []
+        for name, part in result.parts:
+            fresh = _refreshed_one(part, entries)
+            if fresh is None:
+                return None
+            parts.append((name, fresh))
+        if all(fresh is part for (_, fresh), (_, part) in zip(parts, result.parts)):
+            return result
+        every = tuple(c for _, part in parts for c in part.candidates)
+        return ResourcesScan(every, tuple(parts))
+    return _refreshed_one(result, entries)
+
+
+def _refreshed_one(result: ScanResult, entries: Mapping[DeviceNumber, str]) -> ScanResult | None:
     candidates = list(result.candidates)
     changed = False
     for index, candidate in enumerate(candidates):

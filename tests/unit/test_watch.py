@@ -896,3 +896,64 @@ def test_a_change_uevent_of_an_advertised_device_whose_entry_is_gone_rescans(
     assert snapshot is not None
     assert [(r.host_path, r.problem) for r in snapshot.records] == [("/dev/loop3", "vanished")]
     assert watcher.uevent_rounds["rescanned"] == 1
+
+
+def test_a_uevent_keeps_each_resource_to_its_own_devices(host: FakeHost, feed: UeventFeed) -> None:
+    """A uevent's health refresh of a several-resource scan stays split by resource:
+    the refreshed list of one resource never carries another's devices."""
+    from power_device_plugin.config import ResourceConfig, parse_resources
+    from power_device_plugin.resources import ResourceStates, capacity_of, scan_resources
+
+    host.disk("loop3")
+    host.sysfs("loop3/size", "2048")
+    host.disk("loop4")
+    host.sysfs("loop4/size", "2048")
+    doc = {
+        "scan-interval": "60s",
+        "resources": [
+            {"name": "a.com/three", "include-devices": ["/dev/loop3"], "grant-mode": "per-device"},
+            {"name": "a.com/four", "include-devices": ["/dev/loop4"], "grant-mode": "per-device"},
+        ],
+    }
+    config, _ = parse_resources(json.dumps(doc), "config.json")
+    states: dict[str, DeviceState] = {}
+
+    def make(resource: ResourceConfig) -> DeviceState:
+        states[resource.name] = DeviceState()
+        return states[resource.name]
+
+    multi = ResourceStates(make)
+    watcher = DeviceWatcher(
+        multi,
+        StaticConfig(config),
+        host.dev,
+        host.sys,
+        host.proc,
+        uevent_source=feed.source,
+        scanner=scan_resources,
+        capacity=capacity_of,
+    )
+    watcher.check()
+    assert [r.host_path for r in states["a.com/four"].current().records] == ["/dev/loop4"]
+    stop = WakingEvent()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while not feed.sources and time.monotonic() < deadline:
+            time.sleep(0.01)
+        subscription = states["a.com/three"].subscribe()
+        host.sysfs("loop3/size", "0")
+        feed.send("change", "loop3", host.number_of("/dev/loop3"))
+        snapshot = subscription.wait(1.0)
+        assert snapshot is not None, "no update within 1 s of the uevent"
+        assert [(r.host_path, r.problem) for r in snapshot.records] == [("/dev/loop3", "size is 0")]
+        assert watcher.uevent_rounds["refreshed"] >= 1
+        # The other resource still has its one device, and only that one.
+        four = states["a.com/four"].current()
+        assert [r.host_path for r in four.records] == ["/dev/loop4"]
+        assert [d.health for d in four.devices] == ["Healthy"]
+    finally:
+        stop.set()
+        thread.join(2.0)
+    assert not thread.is_alive()
