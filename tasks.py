@@ -416,6 +416,38 @@ def release(
     print("\n".join(release_summary.summary_table(record)), flush=True)
 
 
+# --- rehearsal task ----------------------------------------------------------
+
+
+@task(
+    help={
+        "jobs": "all (default) or a comma list of: wheels-amd64, ci-ubi9, ci-debian, release",
+    }
+)
+def rehearse(c: Context, jobs: str = "all") -> None:
+    """Run the real workflow files with act on this host, each job on a runner of its own.
+
+    Stand-in actions (tests/rehearsal/actions), a runner-shaped dockerd on the classic
+    store in the job's own network and mount namespaces, no cosign until a step installs
+    it. Needs root and `invoke setup`. Logs: .cache/rehearsal/logs. See docs/rehearsal.md.
+    """
+    from pdp_pipeline.rehearsal import plan
+    from pdp_pipeline.rehearsal import run as rehearsal
+
+    try:
+        selected = plan.select_jobs(jobs)
+        setup(c)
+        outcomes = rehearsal.rehearse(ROOT, selected)
+    except plan.RehearsalError as error:
+        raise SystemExit(f"rehearse: {error}") from None
+    for outcome in outcomes:
+        verdict = "passed" if outcome.status == 0 else "FAILED"
+        print(f"rehearse: {outcome.job:14} {verdict:7} {outcome.seconds:6.0f} s  {outcome.log}")
+    failed = [o.job for o in outcomes if o.status != 0]
+    if failed:
+        raise SystemExit(f"rehearse: FAILED: {', '.join(failed)}")
+
+
 # --- quality tasks (lint, test) ----------------------------------------------
 
 
