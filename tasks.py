@@ -38,18 +38,29 @@ def protos(c: Context) -> None:
 # --- host tasks (setup) ------------------------------------------------------
 
 
-@task
-def setup(c: Context) -> None:
+@task(
+    help={
+        "runner": "github: a GitHub-hosted runner (systemd docker-ce, sudo, Ubuntu packages);"
+        " default: detected from GITHUB_ACTIONS",
+        "registry_data": "directory the local registry keeps its data in (default .cache/registry)",
+    }
+)
+def setup(c: Context, runner: str = "", registry_data: str = "") -> None:
     """Make this host able to build: Docker engine + buildx, QEMU, registry on 127.0.0.1:5000.
 
-    Idempotent: a ready host is only checked. Installs (Debian, root) or names
-    the command for each missing piece. Logs and registry data: .cache/.
+    Idempotent: a ready host is only checked. Installs (Debian, root; a GitHub runner
+    through sudo) or names the command for each missing piece. Logs and registry data:
+    .cache/. See docs/host.md.
     """
     from pdp_pipeline.host import probe as host
     from pdp_pipeline.host import setup as host_setup
 
     try:
-        host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"))
+        paths = host_setup.HostPaths(
+            cache=ROOT / ".cache",
+            registry_storage=Path(registry_data).resolve() if registry_data else None,
+        )
+        host_setup.setup(paths, runner=host.detect_runner(runner, os.environ))
     except host.HostError as error:
         raise SystemExit(f"setup: {error}") from None
 
