@@ -214,6 +214,9 @@ def e2e(c: Context, arch: str = "amd64", record: str = "", manifests: str = "man
         "key": "cosign private key that signs it (COSIGN_PASSWORD); default keyless (CI)",
         "identity": "keyless: regexp of the identity an existing image must be signed by"
         " (default: this repository's wheels.yml/release.yml, from GITHUB_REPOSITORY)",
+        "host_key": "sign with this host's build key, the signer `invoke build` verifies"
+        " (CI's ubi9 leg)",
+        "base_image": "a mirror of the pinned ubi9 base, image@digest (as `build --base-image`)",
     }
 )
 def wheels(
@@ -225,6 +228,8 @@ def wheels(
     builder: str = "",
     key: str = "",
     identity: str = "",
+    host_key: bool = False,
+    base_image: str = "",
 ) -> None:
     """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
 
@@ -232,15 +237,24 @@ def wheels(
     a release never compiles and refuses when it is missing. See docs/release.md.
     """
     from pdp_pipeline import platforms
-    from pdp_pipeline.images import bases, trust
+    from pdp_pipeline.images import bases, runtime, trust
     from pdp_pipeline.images import wheels as making
     from pdp_pipeline.release import signing, steps
 
     try:
-        pin = bases.require_real_digest(bases.load_pin("ubi9"))
+        # The key holds the base digest: a build from a mirror needs wheels made for it.
+        pin = (
+            runtime.ubi9_pin(base_image)
+            if base_image
+            else bases.require_real_digest(bases.load_pin("ubi9"))
+        )
         (platform,) = platforms.select(arch)
+        if host_key and (key or identity):
+            raise ValueError("--host-key signs with this host's build key: no --key or --identity")
         signer = (
-            signing.Signer(key=Path(key).resolve(), transparency_log=True)
+            steps.host_build_signer(registry, ROOT, os.environ)
+            if host_key
+            else signing.Signer(key=Path(key).resolve(), transparency_log=True)
             if key
             else signing.Signer(
                 certificate_identity_regexp=identity
@@ -263,6 +277,7 @@ def wheels(
         making.WheelsBuildError,
         trust.UntrustedImage,
         signing.SigningError,
+        runtime.BaseUnavailable,
     ) as error:
         raise SystemExit(f"wheels: {error}") from None
     print(f"wheels: {image.ref}@{image.digest} ({'built' if image.built else 'reused'})")

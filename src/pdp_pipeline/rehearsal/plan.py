@@ -22,6 +22,9 @@ PLATFORM = "ubuntu-24.04=-self-hosted"
 REMOTE_PORT = 5001
 REMOTE_REGISTRY = f"127.0.0.1:{REMOTE_PORT}/{OWNER_REPO.split('/')[0]}"
 STANDIN_BASE = f"127.0.0.1:{REMOTE_PORT}/ubi9-standin/ubi"
+# ci.yml's ubi9 leg reads vars.UBI9_MIRROR (a mirror of the pinned ubi9, by digest): the
+# rehearsal sets it to the stand-in, since registry.access.redhat.com is out of reach.
+MIRROR_VARIABLE = "UBI9_MIRROR"
 
 # The pinned action → the folder of its stand-in under tests/rehearsal/actions/.
 STAND_INS = {
@@ -67,6 +70,7 @@ JOBS = (
         variables=(("RELEASE_REGISTRY", REMOTE_REGISTRY),),
     ),
     RehearsedJob("ci-ubi9", "ci.yml", "push", "images", matrix=(("base", "ubi9"),)),
+    RehearsedJob("ci-ubi9-again", "ci.yml", "push", "images", matrix=(("base", "ubi9"),)),
     RehearsedJob("ci-debian", "ci.yml", "push", "images", matrix=(("base", "debian"),)),
     RehearsedJob(
         "release",
@@ -140,6 +144,7 @@ def act_argv(
     actions_dir: Path,
     event_file: Path,
     action_cache: Path,
+    mirror: str = "",
 ) -> list[str]:
     argv = [
         act,
@@ -164,7 +169,10 @@ def act_argv(
         argv += ["--local-repository", value]
     for key, value in job.matrix:
         argv += ["--matrix", f"{key}:{value}"]
-    for key, value in job.variables:
+    variables = list(job.variables)
+    if mirror:
+        variables.append((MIRROR_VARIABLE, mirror))
+    for key, value in variables:
         argv += ["--var", f"{key}={value}"]
     for key, value in (("GITHUB_TOKEN", "rehearsal-has-no-token"), *job.secrets):
         argv += ["--secret", f"{key}={value}"]
@@ -198,8 +206,8 @@ def runner_env(
         "HTTPS_PROXY": proxy,
         "http_proxy": proxy,
         "https_proxy": proxy,
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost,::1",
+        "no_proxy": "127.0.0.1,localhost,::1",
         "PDP_REHEARSAL_REPO": str(repo),
         "PDP_REHEARSAL_STORE": str(store),
         "PDP_REHEARSAL_TOOLS": str(tools),

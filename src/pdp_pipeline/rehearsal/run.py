@@ -28,7 +28,10 @@ from pdp_pipeline.rehearsal import netproxy, plan
 
 Log = Callable[[str], None]
 STANDIN_PACKAGES = ("python3", "python3-pip")
-STANDIN_PYTHON = "3.11"  # bookworm's python3
+# The pin's Python (3.12, UBI 9's python3.12) is not a Debian package: the stand-in carries
+# this host's CPython 3.12 build (bookworm's libc, so it runs on the bookworm root) at the
+# same path, with /usr/local/bin/python3.12, so the ubi9 Containerfile finds it and skips dnf.
+STANDIN_PYTHON = "3.12"
 SEED_PORT = 5098  # the remote registry's storage is filled through this host port, once
 FIXED_DATE = "2026-01-01T00:00:00+00:00"
 HIDDEN_ON_RUNNER = ("/usr/bin/cosign",)  # GitHub's ubuntu-24.04 image has no cosign
@@ -127,6 +130,19 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
             check=True, timeout=900,
         )  # fmt: skip
         partial.rename(tar)
+    python = _host_python(STANDIN_PYTHON)
+    combined = paths.base / "standin.tar"
+    shutil.copyfile(tar, combined)
+    link_dir = paths.base / "standin-links" / "usr" / "local" / "bin"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    link = link_dir / f"python{STANDIN_PYTHON}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(python / "bin" / f"python{STANDIN_PYTHON}")
+    subprocess.run(["tar", "-rf", str(combined), "-C", "/", str(python).lstrip("/")], check=True)
+    subprocess.run(
+        ["tar", "-rf", str(combined), "-C", str(paths.base / "standin-links"), "usr"], check=True
+    )
+    tar = combined
     paths.remote.mkdir(parents=True, exist_ok=True)
     seed_addr = f"127.0.0.1:{SEED_PORT}"
     config = paths.base / "seed-registry.yml"
@@ -152,14 +168,27 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
     finally:
         server.terminate()
         server.wait(30)
+    combined.unlink(missing_ok=True)
     image = f"{plan.STANDIN_BASE}:bookworm"
     record.write_text(json.dumps({"image": image, "digest": out}) + "\n")
     log(f"rehearsal: ubi9 stand-in {image}@{out}")
     return image, out
 
 
-def prepare_repo(paths: RehearsalPaths, base: tuple[str, str], log: Log) -> str:
-    """The commit under test: HEAD plus the stand-in pin, tagged; returns its sha."""
+def _host_python(version: str) -> Path:
+    """The prefix of a CPython `version` build on this host (python<version> on PATH)."""
+    found = shutil.which(f"python{version}")
+    if found is None:
+        raise plan.RehearsalError(f"no python{version} on this host for the ubi9 stand-in")
+    prefix = subprocess.run(
+        [found, "-c", "import sys; print(sys.base_prefix)"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    return Path(prefix)
+
+
+def prepare_repo(paths: RehearsalPaths, log: Log) -> str:
+    """The commit under test: HEAD, on branch main, tagged v0.0.99; returns its sha."""
     head = _git(paths.root, "rev-parse", "HEAD")
     if paths.repo.exists():
         shutil.rmtree(paths.repo)
@@ -169,27 +198,15 @@ def prepare_repo(paths: RehearsalPaths, base: tuple[str, str], log: Log) -> str:
     )
     _git(paths.repo, "checkout", "-q", "-B", "main", head)
     _git(paths.repo, "remote", "set-url", "origin", f"https://github.com/{plan.OWNER_REPO}.git")
-    pin_file = paths.repo / "containers" / "base-images.json"
-    pins = json.loads(pin_file.read_text())
-    pins["ubi9"] = {"image": base[0], "digest": base[1], "python": STANDIN_PYTHON}
-    pin_file.write_text(json.dumps(pins, indent=2) + "\n")
     env = {
         **os.environ,
-        "GIT_AUTHOR_NAME": "rehearsal",
-        "GIT_AUTHOR_EMAIL": "rehearsal@localhost",
         "GIT_COMMITTER_NAME": "rehearsal",
         "GIT_COMMITTER_EMAIL": "rehearsal@localhost",
-        "GIT_AUTHOR_DATE": FIXED_DATE,
         "GIT_COMMITTER_DATE": FIXED_DATE,
     }
-    _git(paths.repo, "commit", "-q", "-am", "ubi9 stand-in base for the rehearsal", env=env)
     _git(paths.repo, "tag", "-a", plan.RELEASE_TAG, "-m", plan.RELEASE_TAG, env=env)
-    sha = _git(paths.repo, "rev-parse", "HEAD")
-    log(
-        f"rehearsal: commit under test {sha[:12]} (HEAD {head[:12]} + stand-in pin),"
-        f" tag {plan.RELEASE_TAG}"
-    )
-    return sha
+    log(f"rehearsal: commit under test {head[:12]} on main, tagged {plan.RELEASE_TAG}")
+    return head
 
 
 def _act_binary() -> str:
@@ -203,7 +220,12 @@ def _act_binary() -> str:
 
 
 def run_job(
-    paths: RehearsalPaths, job: plan.RehearsedJob, sha: str, proxy_socket: Path, log: Log
+    paths: RehearsalPaths,
+    job: plan.RehearsedJob,
+    sha: str,
+    base: tuple[str, str],
+    proxy_socket: Path,
+    log: Log,
 ) -> JobOutcome:
     state = Path(f"/tmp/pdp-rh-{os.getpid()}-{job.name}")  # short: containerd's socket lives here
     if state.exists():
@@ -234,7 +256,13 @@ def run_job(
     )
     env["PIP_CACHE_DIR"] = str((paths.store / "pip-cache").resolve())
     argv = plan.act_argv(
-        _act_binary(), job, workflow_text, paths.actions.resolve(), event_file, state / "act-cache"
+        _act_binary(),
+        job,
+        workflow_text,
+        paths.actions.resolve(),
+        event_file,
+        state / "act-cache",
+        mirror=f"{base[0]}@{base[1]}",
     )
     config: dict[str, object] = {
         "state": str(state),
@@ -260,6 +288,7 @@ def run_job(
     started = time.monotonic()
     status = subprocess.run(
         ["unshare", "--mount", "--net", "--fork", "--propagation", "private",
+         "--pid", "--mount-proc",
          sys.executable, "-m", "pdp_pipeline.rehearsal.runner", "job", str(config_file)],
         env={**os.environ, "PYTHONPATH": str(paths.root / "src")},
         check=False,
@@ -282,11 +311,11 @@ def rehearse(root: Path, jobs: tuple[plan.RehearsedJob, ...], log: Log = print) 
         raise plan.RehearsalError("cosign is not on this host (invoke setup installs it)")
     shutil.copy2(cosign, paths.tools / "cosign")
     base = standin_base(paths, log)
-    sha = prepare_repo(paths, base, log)
+    sha = prepare_repo(paths, log)
     proxy_socket = paths.base / "proxy.sock"
     proxy = netproxy.serve_proxy(proxy_socket)
     try:
-        return [run_job(paths, job, sha, proxy_socket, log) for job in jobs]
+        return [run_job(paths, job, sha, base, proxy_socket, log) for job in jobs]
     finally:
         proxy.stop()
         proxy_socket.unlink(missing_ok=True)
