@@ -176,15 +176,19 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
 
 
 def _host_python(version: str) -> Path:
-    """The prefix of a CPython `version` build on this host (python<version> on PATH)."""
-    found = shutil.which(f"python{version}")
-    if found is None:
-        raise plan.RehearsalError(f"no python{version} on this host for the ubi9 stand-in")
-    prefix = subprocess.run(
-        [found, "-c", "import sys; print(sys.base_prefix)"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    return Path(prefix)
+    """The prefix of a CPython `version` build on this host (on PATH, or pyenv's)."""
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += sorted(
+        str(p) for p in Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}")
+    )
+    for candidate in filter(None, candidates):
+        found = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.base_prefix)"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if found.returncode == 0:
+            return Path(found.stdout.strip())
+    raise plan.RehearsalError(f"no working python{version} on this host for the ubi9 stand-in")
 
 
 def prepare_repo(paths: RehearsalPaths, log: Log) -> str:
