@@ -231,7 +231,8 @@ def run_job(
     proxy_socket: Path,
     log: Log,
 ) -> JobOutcome:
-    state = Path(f"/tmp/pdp-rh-{os.getpid()}-{job.name}")  # short: containerd's socket lives here
+    # Outside /tmp (each job gets an empty /tmp), short: containerd's socket lives here.
+    state = Path(f"/var/tmp/pdp-rh-{os.getpid()}-{job.name}")
     if state.exists():
         shutil.rmtree(state, ignore_errors=True)
     (state / "home").mkdir(parents=True)

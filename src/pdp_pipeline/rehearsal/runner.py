@@ -167,6 +167,8 @@ def job(config_path: Path) -> int:
     for hidden in config["hide"]:
         if Path(hidden).exists():
             _mount_bind("/dev/null", hidden)
+    # A fresh VM's /tmp: nothing of an earlier job (CI's /tmp/registry-data) is left there.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"], check=True)
     (state / "dockerd.argv.json").write_text(json.dumps(dockerd_argv(state, config["daemon_json"])))
     status = 1
     try:
