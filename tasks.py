@@ -457,9 +457,12 @@ def rehearse(c: Context, jobs: str = "all") -> None:
     store in the job's own network and mount namespaces, no cosign until a step installs
     it. Needs root and `invoke setup`. Logs: .cache/rehearsal/logs. See docs/rehearsal.md.
     """
+    import time
+
     from pdp_pipeline.rehearsal import plan
     from pdp_pipeline.rehearsal import run as rehearsal
 
+    started = time.monotonic()
     try:
         selected = plan.select_jobs(jobs)
         setup(c)
@@ -469,6 +472,7 @@ def rehearse(c: Context, jobs: str = "all") -> None:
     for outcome in outcomes:
         verdict = "passed" if outcome.status == 0 else "FAILED"
         print(f"rehearse: {outcome.job:14} {verdict:7} {outcome.seconds:6.0f} s  {outcome.log}")
+    print(f"rehearse: {len(outcomes)} job(s) in {time.monotonic() - started:.0f} s", flush=True)
     failed = [o.job for o in outcomes if o.status != 0]
     if failed:
         raise SystemExit(f"rehearse: FAILED: {', '.join(failed)}")
@@ -479,12 +483,20 @@ def rehearse(c: Context, jobs: str = "all") -> None:
 
 @task
 def lint(c: Context) -> None:
-    """ruff, mypy --strict on src/, zizmor on .github/ (offline), hadolint on containers/."""
+    """ruff, mypy --strict on src/, zizmor and the workflow schema on .github/ (offline),
+    hadolint on containers/."""
     from pdp_pipeline import testrun
 
     for name, command in testrun.LINT_COMMANDS:
         print(f"lint: {name}", flush=True)
         c.run(shlex.join(command))
+    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.yml"))
+    print("lint: zizmor --persona auditor", flush=True)
+    c.run(shlex.join(["zizmor", "--offline", "--persona", "auditor", *workflows]))
+    print("lint: workflow schema", flush=True)
+    c.run(
+        shlex.join(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows])
+    )
     files = " ".join(str(p.relative_to(ROOT)) for p in testrun.containerfiles(ROOT))
     print("lint: hadolint", flush=True)
     c.run(f"hadolint {files}")
@@ -497,7 +509,8 @@ def lint(c: Context) -> None:
     }
 )
 def test(c: Context, fast: bool = False, arch: str = "all") -> None:
-    """Lint, then every test: unit and integration first, then images, e2e, release.
+    """Lint, then every test: unit and integration first, then images, e2e, release,
+    then the rehearsal of the workflow files (`rehearse`).
 
     Sets the host up (engine, QEMU, registry) and builds the images the engine
     tests run against, so it works on a fresh machine with nothing prepared.
@@ -534,6 +547,15 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
         )
         counts = counts + testrun.counts_from_junit(second)
         ok = results is not None and results.ok
+    if not fast and ok:
+        # The workflow files, run with act on runner-shaped namespaces (docs/rehearsal.md).
+        from pdp_pipeline.rehearsal import plan as rehearsal_plan
+
+        try:
+            rehearse(c, jobs=rehearsal_plan.TEST_JOBS)
+        except SystemExit as failure:
+            print(failure, flush=True)
+            ok = False
     print(counts.closing_line(), flush=True)
     if not ok:
         raise SystemExit(1)
