@@ -58,6 +58,9 @@ class RehearsedJob:
     variables: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, str], ...] = ()
     payload: Mapping[str, object] = field(default_factory=dict)
+    # Keyless signing needs GitHub's OIDC token and Fulcio: the job gets the rehearsal's
+    # key as the release environment's COSIGN_PRIVATE_KEY / COSIGN_PASSWORD instead.
+    signs_with_key: bool = False
 
 
 JOBS = (
@@ -68,6 +71,7 @@ JOBS = (
         "wheels",
         matrix=(("arch", "amd64"),),
         variables=(("RELEASE_REGISTRY", REMOTE_REGISTRY),),
+        signs_with_key=True,
     ),
     RehearsedJob("ci-ubi9", "ci.yml", "push", "images", matrix=(("base", "ubi9"),)),
     RehearsedJob("ci-ubi9-again", "ci.yml", "push", "images", matrix=(("base", "ubi9"),)),
@@ -78,7 +82,9 @@ JOBS = (
         "push",
         "release",
         ref=f"refs/tags/{RELEASE_TAG}",
+        matrix=(("arch", "amd64"),),
         variables=(("RELEASE_REGISTRY", REMOTE_REGISTRY),),
+        signs_with_key=True,
     ),
 )
 
@@ -152,6 +158,7 @@ def act_argv(
     event_file: Path,
     action_cache: Path,
     mirror: str = "",
+    key_secrets: tuple[tuple[str, str], ...] = (),
 ) -> list[str]:
     argv = [
         act,
@@ -181,7 +188,10 @@ def act_argv(
         variables.append((MIRROR_VARIABLE, mirror))
     for key, value in variables:
         argv += ["--var", f"{key}={value}"]
-    for key, value in (("GITHUB_TOKEN", "rehearsal-has-no-token"), *job.secrets):
+    secrets = [("GITHUB_TOKEN", "rehearsal-has-no-token"), *job.secrets]
+    if job.signs_with_key:
+        secrets += key_secrets
+    for key, value in secrets:
         argv += ["--secret", f"{key}={value}"]
     return argv
 

@@ -213,6 +213,24 @@ def prepare_repo(paths: RehearsalPaths, log: Log) -> str:
     return head
 
 
+KEY_PASSWORD = "rehearsal"
+
+
+def signing_secrets(paths: RehearsalPaths) -> tuple[tuple[str, str], ...]:
+    """The release environment's key secrets, as the rehearsal's own key pair (made once)."""
+    directory = paths.store / "cosign-key"
+    key = directory / "cosign.key"
+    if not key.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(paths.tools / "cosign"), "generate-key-pair", "--output-key-prefix",
+             str(directory / "cosign")],
+            env={**os.environ, "COSIGN_PASSWORD": KEY_PASSWORD},
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return (("COSIGN_PRIVATE_KEY", key.read_text()), ("COSIGN_PASSWORD", KEY_PASSWORD))
+
+
 def _act_binary() -> str:
     act = Path(sys.executable).parent / "act"
     if act.exists():
@@ -268,6 +286,7 @@ def run_job(
         event_file,
         state / "act-cache",
         mirror=f"{base[0]}@{base[1]}",
+        key_secrets=signing_secrets(paths),
     )
     config: dict[str, object] = {
         "state": str(state),
