@@ -239,6 +239,7 @@ def wheels(
     from pdp_pipeline import platforms
     from pdp_pipeline.images import bases, runtime, trust
     from pdp_pipeline.images import wheels as making
+    from pdp_pipeline.images.registry import is_loopback_registry
     from pdp_pipeline.release import signing, steps
 
     try:
@@ -251,14 +252,19 @@ def wheels(
         (platform,) = platforms.select(arch)
         if host_key and (key or identity):
             raise ValueError("--host-key signs with this host's build key: no --key or --identity")
+        # A loopback registry speaks plain http: cosign must be allowed to use it.
+        loopback = is_loopback_registry(registry)
         signer = (
             steps.host_build_signer(registry, ROOT, os.environ)
             if host_key
-            else signing.Signer(key=Path(key).resolve(), transparency_log=True)
+            else signing.Signer(
+                key=Path(key).resolve(), transparency_log=True, insecure_registry=loopback
+            )
             if key
             else signing.Signer(
                 certificate_identity_regexp=identity
-                or making.workflow_identity(os.environ.get("GITHUB_REPOSITORY"))
+                or making.workflow_identity(os.environ.get("GITHUB_REPOSITORY")),
+                insecure_registry=loopback,
             )
         )
         image = making.make_wheels_image(
