@@ -308,7 +308,8 @@ def run_job(
     }
     config_file = state / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
-    log(f"rehearsal: {job.name}: act {' '.join(argv[1:6])} … (log {log_path})")
+    shown = [v for i, v in enumerate(argv) if i and argv[i - 1] in ("--matrix", "--var")]
+    log(f"rehearsal: {job.name}: act {' '.join(argv[1:6])} {' '.join(shown)} (log {log_path})")
     started = time.monotonic()
     status = subprocess.run(
         ["unshare", "--mount", "--net", "--fork", "--propagation", "private",
