@@ -288,6 +288,8 @@ def run_job(
         mirror=f"{base[0]}@{base[1]}",
         key_secrets=signing_secrets(paths),
     )
+    if os.environ.get("PDP_REHEARSAL_VERBOSE"):
+        argv.append("--verbose")  # act's own debug log
     config: dict[str, object] = {
         "state": str(state),
         "proxy_socket": str(proxy_socket),
@@ -297,14 +299,7 @@ def run_job(
         "log": str(log_path),
         "act_cwd": str(paths.repo),
         "env": env,
-        "act_argv": plan.act_argv(
-            _act_binary(),
-            job,
-            workflow_text,
-            paths.actions.resolve(),
-            event_file,
-            state / "act-cache",
-        ),
+        "act_argv": argv,
     }
     config_file = state / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
