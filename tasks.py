@@ -43,9 +43,10 @@ def protos(c: Context) -> None:
         "runner": "github: a GitHub-hosted runner (systemd docker-ce, sudo, Ubuntu packages);"
         " default: detected from GITHUB_ACTIONS",
         "registry_data": "directory the local registry keeps its data in (default .cache/registry)",
+        "tools_only": "only the tools (skopeo, cosign, …): no engine change, QEMU or registry",
     }
 )
-def setup(c: Context, runner: str = "", registry_data: str = "") -> None:
+def setup(c: Context, runner: str = "", registry_data: str = "", tools_only: bool = False) -> None:
     """Make this host able to build: Docker engine + buildx, QEMU, registry on 127.0.0.1:5000.
 
     Idempotent: a ready host is only checked. Installs (Debian, root; a GitHub runner
@@ -60,7 +61,9 @@ def setup(c: Context, runner: str = "", registry_data: str = "") -> None:
             cache=ROOT / ".cache",
             registry_storage=Path(registry_data).resolve() if registry_data else None,
         )
-        host_setup.setup(paths, runner=host.detect_runner(runner, os.environ))
+        host_setup.setup(
+            paths, runner=host.detect_runner(runner, os.environ), tools_only=tools_only
+        )
     except host.HostError as error:
         raise SystemExit(f"setup: {error}") from None
 

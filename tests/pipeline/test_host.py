@@ -501,3 +501,15 @@ def test_registry_storage_given_by_the_job_replaces_the_default(tmp_path: Path) 
 
     assert default.registry_data == tmp_path / "registry"
     assert given.registry_data == tmp_path / "registry-data"
+
+
+def test_tools_only_installs_the_tools_and_leaves_engine_qemu_and_registry_alone() -> None:
+    steps = [s.action for s in plan_setup(GITHUB_RUNNER, tools_only=True).steps]
+
+    assert steps == ["apt-install"]
+
+
+def test_tools_only_still_names_a_missing_cosign() -> None:
+    facts = dataclasses.replace(GITHUB_RUNNER, cosign_on_path=False)
+
+    assert [m.piece for m in plan_setup(facts, tools_only=True).missing] == ["cosign"]

@@ -49,16 +49,23 @@ class HostPlan:
 Plan = tuple[list[Step], list[Missing]]
 
 
-def plan_setup(facts: HostFacts) -> HostPlan:
-    """Decide the steps and the unfixable gaps from the facts alone, in the order to act."""
+def plan_setup(facts: HostFacts, tools_only: bool = False) -> HostPlan:
+    """Decide the steps and the unfixable gaps from the facts alone, in the order to act.
+
+    `tools_only`: the packages (and cosign) a job without builds needs, such as CI's
+    checks job; the engine, QEMU and the registry are left as they are."""
     installing = packages_to_install(facts)
     parts = (
-        _plan_packages(facts, installing),
-        _plan_engine(facts, installing),
-        _plan_buildx(facts, installing),
-        _plan_qemu(facts),
-        _plan_registry(facts, installing),
-        _plan_cosign(facts),
+        (_plan_packages(facts, installing), _plan_cosign(facts))
+        if tools_only
+        else (
+            _plan_packages(facts, installing),
+            _plan_engine(facts, installing),
+            _plan_buildx(facts, installing),
+            _plan_qemu(facts),
+            _plan_registry(facts, installing),
+            _plan_cosign(facts),
+        )
     )
     steps = tuple(step for part_steps, _ in parts for step in part_steps)
     missing = tuple(gap for _, part_missing in parts for gap in part_missing)

@@ -111,26 +111,36 @@ def act(plan: HostPlan, paths: HostPaths, log: Log = print) -> None:
         actions[step.action](step, paths, log)
 
 
-def setup(paths: HostPaths, log: Log = print, rounds: int = 3, runner: str = "") -> HostFacts:
+def setup(
+    paths: HostPaths,
+    log: Log = print,
+    rounds: int = 3,
+    runner: str = "",
+    tools_only: bool = False,
+) -> HostFacts:
     """Bring the host up; return the final facts. Raises HostError naming what is missing.
 
-    `runner` is `github` on a GitHub-hosted runner (`probe.detect_runner`)."""
+    `runner` is `github` on a GitHub-hosted runner (`probe.detect_runner`); `tools_only`
+    installs the tools and leaves the engine, QEMU and the registry alone."""
     plan = HostPlan((), ())
     for _ in range(rounds):
         facts = probe(runner)
-        plan = plan_setup(facts)
+        plan = plan_setup(facts, tools_only)
         if not plan.steps:
             break
         act(plan, paths, log)
     else:
         facts = probe(runner)
-        plan = plan_setup(facts)
+        plan = plan_setup(facts, tools_only)
     if plan.steps or plan.missing:
         raise HostError(
             "this host cannot build yet:\n"
             + "".join(f"  - still to do: {s.action} ({s.why})\n" for s in plan.steps)
             + "".join(f"  - missing {m.piece}; fix: {m.fix}\n" for m in plan.missing)
         )
+    if tools_only:
+        log("setup: ready: the build and signing tools (engine, QEMU and registry untouched)")
+        return facts
     log(
         "setup: ready: engine with buildx and the containerd store, QEMU for "
         + (", ".join(facts.emulated_machines) or "nothing (native only)")
