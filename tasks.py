@@ -257,11 +257,16 @@ def wheels(
             raise ValueError("--host-key signs with this host's build key: no --key or --identity")
         # A loopback registry speaks plain http: cosign must be allowed to use it.
         loopback = is_loopback_registry(registry)
+        # With --key, cosign verifies with the public key beside it (as `release --key`).
+        public = Path(key).resolve().with_suffix(".pub") if key else None
         signer = (
             steps.host_build_signer(registry, ROOT, os.environ)
             if host_key
             else signing.Signer(
-                key=Path(key).resolve(), transparency_log=True, insecure_registry=loopback
+                key=Path(key).resolve(),
+                public_key=public if public is not None and public.is_file() else None,
+                transparency_log=True,
+                insecure_registry=loopback,
             )
             if key
             else signing.Signer(
