@@ -213,7 +213,7 @@ def prepare_repo(paths: RehearsalPaths, log: Log) -> str:
     return head
 
 
-KEY_PASSWORD = "rehearsal"
+KEY_PASSWORD = "pdp-rehearsal-key-password"
 
 
 def signing_secrets(paths: RehearsalPaths) -> tuple[tuple[str, str], ...]:
