@@ -44,18 +44,32 @@ def protos(c: Context) -> None:
 # --- host tasks (setup) ------------------------------------------------------
 
 
-@task
-def setup(c: Context) -> None:
+@task(
+    help={
+        "runner": "github: a GitHub-hosted runner (systemd docker-ce, sudo, Ubuntu packages);"
+        " default: detected from GITHUB_ACTIONS",
+        "registry_data": "directory the local registry keeps its data in (default .cache/registry)",
+        "tools_only": "only the tools (skopeo, cosign, …): no engine change, QEMU or registry",
+    }
+)
+def setup(c: Context, runner: str = "", registry_data: str = "", tools_only: bool = False) -> None:
     """Make this host able to build: Docker engine + buildx, QEMU, registry on 127.0.0.1:5000.
 
-    Idempotent: a ready host is only checked. Installs (Debian, root) or names
-    the command for each missing piece. Logs and registry data: .cache/.
+    Idempotent: a ready host is only checked. Installs (Debian, root; a GitHub runner
+    through sudo) or names the command for each missing piece. Logs and registry data:
+    .cache/. See docs/host.md.
     """
     from pdp_pipeline.host import probe as host
     from pdp_pipeline.host import setup as host_setup
 
     try:
-        host_setup.setup(host_setup.HostPaths(cache=ROOT / ".cache"))
+        paths = host_setup.HostPaths(
+            cache=ROOT / ".cache",
+            registry_storage=Path(registry_data).resolve() if registry_data else None,
+        )
+        host_setup.setup(
+            paths, runner=host.detect_runner(runner, os.environ), tools_only=tools_only
+        )
     except host.HostError as error:
         raise SystemExit(f"setup: {error}") from None
 
@@ -237,6 +251,7 @@ def e2e(c: Context, arch: str = NATIVE, record: str = "", manifests: str = "mani
         "attempts": "--compile: attempts, each resuming from the objects the last one kept",
         "attempt_timeout": "--compile: seconds one attempt may run (0: no limit), so a job"
         " stops, keeps its objects and can be resumed before the runner's limit",
+        "base_image": "a mirror of the pinned ubi9 base, image@digest (as `build --base-image`)",
     }
 )
 def wheels(
@@ -253,6 +268,7 @@ def wheels(
     compile_cache: str = "",
     attempts: int = 1,
     attempt_timeout: int = 0,
+    base_image: str = "",
 ) -> None:
     """Make (or reuse) the signed wheels image the ubi9 runtime of ARCH installs from.
 
@@ -260,12 +276,17 @@ def wheels(
     a release never compiles and refuses when it is missing. See docs/release.md.
     """
     from pdp_pipeline import platforms
-    from pdp_pipeline.images import bases, trust
+    from pdp_pipeline.images import bases, runtime, trust
     from pdp_pipeline.images import wheels as making
     from pdp_pipeline.release import build_key, signing, steps
 
     try:
-        pin = bases.require_real_digest(bases.load_pin("ubi9"))
+        # The key holds the base digest: a build from a mirror needs wheels made for it.
+        pin = (
+            runtime.ubi9_pin(base_image)
+            if base_image
+            else bases.require_real_digest(bases.load_pin("ubi9"))
+        )
         (platform,) = platforms.select(arch)
         # The same rule as `build`: this host's build key unless a release identity is given.
         signer = build_key.image_signer(
@@ -295,6 +316,7 @@ def wheels(
         making.WheelsBuildError,
         trust.UntrustedImage,
         signing.SigningError,
+        runtime.BaseUnavailable,
     ) as error:
         raise SystemExit(f"wheels: {error}") from None
     print(f"wheels: {image.ref}@{image.digest} ({'built' if image.built else 'reused'})")
@@ -480,17 +502,61 @@ def release(
     print("\n".join(release_summary.summary_table(record)), flush=True)
 
 
+# --- rehearsal task ----------------------------------------------------------
+
+
+@task(
+    help={
+        "jobs": "all (default) or a comma list of: wheels-amd64, ci-ubi9, ci-debian, release",
+    }
+)
+def rehearse(c: Context, jobs: str = "all") -> None:
+    """Run the real workflow files with act on this host, each job on a runner of its own.
+
+    Stand-in actions (tests/rehearsal/actions), a runner-shaped dockerd on the classic
+    store in the job's own network and mount namespaces, no cosign until a step installs
+    it. Needs root and `invoke setup`. Logs: .cache/rehearsal/logs. See docs/rehearsal.md.
+    """
+    import time
+
+    from pdp_pipeline.rehearsal import plan
+    from pdp_pipeline.rehearsal import run as rehearsal
+
+    started = time.monotonic()
+    try:
+        selected = plan.select_jobs(jobs)
+        setup(c)
+        outcomes = rehearsal.rehearse(ROOT, selected)
+    except plan.RehearsalError as error:
+        raise SystemExit(f"rehearse: {error}") from None
+    for outcome in outcomes:
+        verdict = "passed" if outcome.status == 0 else "FAILED"
+        print(f"rehearse: {outcome.job:14} {verdict:7} {outcome.seconds:6.0f} s  {outcome.log}")
+    print(f"rehearse: {len(outcomes)} job(s) in {time.monotonic() - started:.0f} s", flush=True)
+    failed = [o.job for o in outcomes if o.status != 0]
+    if failed:
+        raise SystemExit(f"rehearse: FAILED: {', '.join(failed)}")
+
+
 # --- quality tasks (lint, test) ----------------------------------------------
 
 
 @task
 def lint(c: Context) -> None:
-    """ruff, mypy --strict on src/, zizmor on .github/ (offline), hadolint on containers/."""
+    """ruff, mypy --strict on src/, zizmor and the workflow schema on .github/ (offline),
+    hadolint on containers/."""
     from pdp_pipeline import testrun
 
     for name, command in testrun.LINT_COMMANDS:
         print(f"lint: {name}", flush=True)
         c.run(shlex.join(command))
+    workflows = sorted(str(p.relative_to(ROOT)) for p in (ROOT / ".github/workflows").glob("*.yml"))
+    print("lint: zizmor --persona auditor", flush=True)
+    c.run(shlex.join(["zizmor", "--offline", "--persona", "auditor", *workflows]))
+    print("lint: workflow schema", flush=True)
+    c.run(
+        shlex.join(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows])
+    )
     files = " ".join(str(p.relative_to(ROOT)) for p in testrun.containerfiles(ROOT))
     print("lint: hadolint", flush=True)
     c.run(f"hadolint {files}")
@@ -503,7 +569,8 @@ def lint(c: Context) -> None:
     }
 )
 def test(c: Context, fast: bool = False, arch: str = "all") -> None:
-    """Lint, then every test: unit and integration first, then images, e2e, release.
+    """Lint, then every test: unit and integration first, then images, e2e, release,
+    then the rehearsal of the workflow files (`rehearse`).
 
     Sets the host up (engine, QEMU, registry) and builds the images the engine
     tests run against, so it works on a fresh machine with nothing prepared.
@@ -540,6 +607,15 @@ def test(c: Context, fast: bool = False, arch: str = "all") -> None:
         )
         counts = counts + testrun.counts_from_junit(second)
         ok = results is not None and results.ok
+    if not fast and ok:
+        # The workflow files, run with act on runner-shaped namespaces (docs/rehearsal.md).
+        from pdp_pipeline.rehearsal import plan as rehearsal_plan
+
+        try:
+            rehearse(c, jobs=rehearsal_plan.TEST_JOBS)
+        except SystemExit as failure:
+            print(failure, flush=True)
+            ok = False
     print(counts.closing_line(), flush=True)
     if not ok:
         raise SystemExit(1)

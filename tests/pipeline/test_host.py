@@ -409,3 +409,107 @@ def test_a_tool_present_as_a_command_is_not_missing_even_without_its_package(
     cosign.chmod(0o755)
     monkeypatch.setenv("PATH", str(fake_bin))
     assert host.missing_packages(("cosign", "docker-registry")) == ("docker-registry",)
+
+
+# --- a GitHub-hosted runner (ubuntu-24.04) -------------------------------------------
+
+# docker-ce 28 under systemd on the classic store, Ubuntu (no debian.sources), sudo,
+# no QEMU, no registry, cosign installed by its action, Ubuntu's build tools missing.
+GITHUB_RUNNER = dataclasses.replace(
+    READY,
+    runner="github",
+    apt_sources_current=True,
+    missing_packages=host.GITHUB_RUNNER_PACKAGES,
+    containerd_store=False,
+    engine_cdi=False,
+    daemon_json_current=False,
+    engine_systemd=True,
+    binfmt_mounted=True,
+    emulated_machines=(),
+    registry_answers=False,
+    registry_installed=False,
+)
+
+
+def test_github_runner_switches_its_systemd_engine_to_the_containerd_store_through_systemctl() -> (
+    None
+):
+    steps = actions(GITHUB_RUNNER)
+
+    assert steps.index("daemon-json") < steps.index("restart-docker-service")
+    assert "restart-dockerd" not in steps and "start-dockerd" not in steps
+    assert "apt-sources" not in steps  # Ubuntu's packages only, no trixie
+
+
+def test_github_runner_installs_ubuntu_build_tools_and_the_debian_keyring_without_trixie() -> None:
+    (install,) = [s for s in plan_setup(GITHUB_RUNNER).steps if s.action == "apt-install"]
+
+    assert "debian-archive-keyring" in install.args and "mmdebstrap" in install.args
+    assert not set(install.args) & {"docker.io", "docker-buildx", "cosign", "kustomize"}
+    assert "/trixie" not in host_plan.install_command(install.args)
+
+
+def test_github_runner_then_registers_qemu_and_starts_the_registry() -> None:
+    steps = actions(GITHUB_RUNNER)
+
+    assert steps.index("apt-install") < steps.index("enable-binfmt")
+    assert steps[-1] == "start-registry"
+
+
+def test_github_runner_replaces_the_docker_registry_unit_with_its_own_registry() -> None:
+    facts = dataclasses.replace(
+        GITHUB_RUNNER, registry_service=True, registry_answers=True, registry_installed=True
+    )
+
+    steps = actions(facts)
+
+    assert steps.index("stop-registry-service") == steps.index("start-registry") - 1
+
+
+def test_github_runner_without_cosign_names_the_installer_action() -> None:
+    facts = dataclasses.replace(GITHUB_RUNNER, cosign_on_path=False)
+
+    (missing,) = plan_setup(facts).missing
+
+    assert missing.piece == "cosign" and "sigstore/cosign-installer" in missing.fix
+
+
+def test_a_ready_github_runner_plans_nothing() -> None:
+    ready = dataclasses.replace(READY, runner="github", engine_systemd=True)
+
+    assert plan_setup(ready) == host_plan.HostPlan((), ())
+
+
+def test_the_runner_is_github_when_asked_or_inside_github_actions() -> None:
+    assert host.detect_runner("github", {}) == "github"
+    assert host.detect_runner("", {"GITHUB_ACTIONS": "true"}) == "github"
+    assert host.detect_runner("", {}) == ""
+    with pytest.raises(host.HostError, match="--runner 'gitlab'"):
+        host.detect_runner("gitlab", {})
+
+
+def test_root_commands_go_through_sudo_only_when_not_root() -> None:
+    argv = ["systemctl", "restart", "docker"]
+
+    assert host.as_root(argv, euid=0) == argv
+    assert host.as_root(argv, euid=1001) == ["sudo", *argv]
+
+
+def test_registry_storage_given_by_the_job_replaces_the_default(tmp_path: Path) -> None:
+    default = host_setup.HostPaths(cache=tmp_path)
+    given = host_setup.HostPaths(cache=tmp_path, registry_storage=tmp_path / "registry-data")
+
+    assert default.registry_data == tmp_path / "registry"
+    assert given.registry_data == tmp_path / "registry-data"
+
+
+def test_tools_only_installs_the_tools_and_leaves_engine_qemu_and_registry_alone() -> None:
+    steps = [s.action for s in plan_setup(GITHUB_RUNNER, tools_only=True).steps]
+
+    assert steps == ["apt-install"]
+
+
+def test_tools_only_still_names_a_missing_cosign() -> None:
+    facts = dataclasses.replace(GITHUB_RUNNER, cosign_on_path=False)
+
+    assert [m.piece for m in plan_setup(facts, tools_only=True).missing] == ["cosign"]

@@ -23,6 +23,8 @@ RANKS = {
     "images": 2,
     "manifests": 3,
     "release": 4,
+    # Runs the workflow files with act; reads the Debian mirror the way images do.
+    "rehearsal": 5,
 }
 ALONE = {"e2e", "mutation", "protos", "testrun"}
 

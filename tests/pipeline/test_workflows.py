@@ -27,11 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CI = WORKFLOWS / "ci.yml"
 RELEASE = WORKFLOWS / "release.yml"
+WHEELS = WORKFLOWS / "wheels.yml"
+ALL = [CI, WHEELS, RELEASE]
 
 # owner/repo[/path]@vMAJOR[.MINOR[.PATCH]] or @<40-hex commit>; docker:// with a tag or digest.
 _PINNED_ACTION = re.compile(r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
 _PINNED_IMAGE = re.compile(r"^docker://[^:@\s]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
-_INVOKE_CALL = re.compile(r"(?:^|[\s;&|(])invoke\s+((?:[^\n;&|]|\\\n)*)")
+_INVOKE_CALL = re.compile(r"(?:^|[\s;&|(])invoke\s+((?:\\\n|[^\n;&|])*)")
 
 
 def load(path: Path) -> dict[Any, Any]:
@@ -103,7 +105,7 @@ def unknown_tasks_and_flags(calls: list[list[str]], collection: Collection) -> l
 TASKS = Collection.from_module(tasks)
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_workflow_validates_against_the_github_workflow_schema(path: Path) -> None:
     checker = Path(sys.executable).parent / "check-jsonschema"
     result = subprocess.run(
@@ -131,7 +133,7 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_every_action_and_service_image_is_pinned_by_version(path: Path) -> None:
     assert unpinned_uses(load(path)) == []
 
@@ -159,7 +161,7 @@ def test_pin_check_catches_branches_and_bare_names() -> None:
     ]
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_workflows_call_only_tasks_and_flags_that_exist(path: Path) -> None:
     calls = invoke_calls(load(path))
 
@@ -196,21 +198,21 @@ def test_ci_pushes_only_to_its_own_registry_and_caches_its_storage() -> None:
     assert "services" not in images  # an engine restart would stop a service container
     storage = images["env"]["REGISTRY_DATA"]
     run_steps = [step.get("run") or "" for step in images["steps"]]
-    restart = next(i for i, r in enumerate(run_steps) if "systemctl restart docker" in r)
-    registry = next(i for i, r in enumerate(run_steps) if "docker-registry serve" in r)
-    assert restart < registry, "the registry starts after the engine is configured"
-    assert "127.0.0.1:5000" in run_steps[registry] and "$REGISTRY_DATA" in run_steps[registry]
+    # invoke setup restarts the engine into the containerd store, then starts the registry
+    # over the restored storage: one program, the one the build hosts run.
+    setup = next(i for i, r in enumerate(run_steps) if "invoke setup" in r)
+    assert '--registry-data "$REGISTRY_DATA"' in run_steps[setup]
     cache = next(
         step for step in images["steps"] if step.get("uses", "").startswith("actions/cache")
     )
     assert cache["with"]["path"] == storage
-    assert images["steps"].index(cache) < registry, "the cached storage is restored first"
+    assert images["steps"].index(cache) < setup, "the cached storage is restored first"
     # The key follows what decides the runtime images, so a warm run reuses them.
     assert "containers/runtime-*" in cache["with"]["key"]
     assert "src/pdp_pipeline/images/runtime.py" in cache["with"]["key"]
     build = next(s for s in images["steps"] if "invoke build" in (s.get("run") or ""))
     assert "--registry" not in build["run"]  # the default: the local registry on 127.0.0.1:5000
-    assert images["steps"].index(build) > registry
+    assert images["steps"].index(build) > setup
 
 
 def test_release_runs_on_semver_tags_and_signs_keyless() -> None:
@@ -224,7 +226,8 @@ def test_release_runs_on_semver_tags_and_signs_keyless() -> None:
     calls = invoke_calls(document)
     (release_call,) = [call for call in calls if call[0] == "release"]
     assert "--dry-run" not in release_call and "--key" not in release_call
-    assert "--identity" in release_call
+    release_run = next(s["run"] for _, s in steps(document) if "invoke release" in s.get("run", ""))
+    assert "signer=(--identity " in release_run and '"${signer[@]}"' in release_run
     run_steps = [s.get("run") or "" for _, s in steps(document)]
     uses = [s.get("uses") or "" for _, s in steps(document)]
     assert any(u.startswith("docker/login-action@") for u in uses)
@@ -242,6 +245,8 @@ _SHA_PIN = re.compile(r"^\s*-?\s*uses:\s*[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\
 WRITE_SCOPES_BY_JOB = {
     (CI.name, "checks"): {},
     (CI.name, "images"): {},
+    (WHEELS.name, "wheels"): {"packages": "write", "id-token": "write"},
+    (RELEASE.name, "wheels"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "release"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "publish"): {"contents": "write"},
 }
@@ -252,11 +257,13 @@ def uses_lines_not_pinned_by_commit(text: str) -> list[str]:
     return [
         line.strip()
         for line in text.splitlines()
-        if re.match(r"^\s*-?\s*uses:", line) and not _SHA_PIN.match(line)
+        if re.match(r"^\s*-?\s*uses:", line)
+        and not _SHA_PIN.match(line)
+        and "uses: ./" not in line  # a workflow of this repository, at this commit
     ]
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_every_action_is_pinned_by_commit_with_its_version(path: Path) -> None:
     assert uses_lines_not_pinned_by_commit(path.read_text(encoding="utf-8")) == []
 
@@ -277,7 +284,7 @@ def test_commit_pin_check_catches_tags_short_shas_and_missing_versions() -> None
     ]
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_the_workflow_grants_nothing_and_each_job_only_what_it_needs(path: Path) -> None:
     document = load(path)
     assert document["permissions"] == {}
@@ -288,7 +295,7 @@ def test_the_workflow_grants_nothing_and_each_job_only_what_it_needs(path: Path)
         assert set(granted.values()) <= {"read", "write"}
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_no_checkout_keeps_the_token(path: Path) -> None:
     checkouts = [
         step
@@ -299,10 +306,9 @@ def test_no_checkout_keeps_the_token(path: Path) -> None:
     assert all(step.get("with", {}).get("persist-credentials") is False for step in checkouts)
 
 
-@pytest.mark.parametrize("path", [CI, RELEASE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_one_qemu_and_no_action_for_a_preinstalled_tool(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    assert "qemu-user-static" in text
     assert "docker/setup-qemu-action" not in text  # two QEMUs would compete for binfmt
     assert "setup-kustomize" not in text  # kustomize is on the runner image
     assert "services:" not in text
@@ -335,3 +341,138 @@ def test_the_offline_audit_fails_an_unpinned_checkout_that_keeps_its_token(tmp_p
     result = _zizmor(bad)
     assert result.returncode != 0
     assert "unpinned-uses" in result.stdout and "artipacked" in result.stdout
+
+
+# --- the first GitHub run (issue 17) ----------------------------------------------------
+
+# Every action on its node24 major (Node 20 left the runners on 2026-09-16), by full commit.
+# Each commit was confirmed against public repositories that pin the same commit with the
+# same version (docs/rehearsal.md lists how); cosign-installer is a composite action.
+NODE24_PINS = {
+    "actions/checkout": ("08c6903cd8c0fde910a37f88322edcfb5dd907a8", "v5.0.0"),
+    "actions/setup-python": ("e797f83bcb11b83ae66e0230d6156d7c80228e7c", "v6.0.0"),
+    "actions/cache": ("cdf6c1fa76f9f475f3d7449005a359c84ca0f306", "v5.0.3"),
+    "actions/upload-artifact": ("b7c566a772e6b6bfb58ed0dc250532a479d7789f", "v6.0.0"),
+    "actions/download-artifact": ("37930b1c2abaa49bbe596cd826c3c89aef350131", "v7.0.0"),
+    "docker/setup-buildx-action": ("4d04d5d9486b7bd6fa91e7baf45bbb4f8b9deedd", "v4.0.0"),
+    "docker/login-action": ("b45d80f862d83dbcd57f89517bcf500b2ab88fb2", "v4.0.0"),
+    "sigstore/cosign-installer": ("faadad0cce49287aee09b3a48701e75088a2c6ad", "v4.0.0"),
+}
+_USES_LINE = re.compile(r"^\s*-?\s*uses:\s*([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # (v[\d.]+)\s*$")
+
+
+def pins_off_the_node24_list(text: str) -> list[str]:
+    """`uses:` lines whose action, commit or version is not the confirmed node24 pin."""
+    off = []
+    for line in text.splitlines():
+        if not re.match(r"^\s*-?\s*uses:", line) or "uses: ./" in line:
+            continue
+        match = _USES_LINE.match(line)
+        if not match or NODE24_PINS.get(match.group(1)) != (match.group(2), match.group(3)):
+            off.append(line.strip())
+    return off
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_every_action_is_its_confirmed_node24_commit(path: Path) -> None:
+    assert pins_off_the_node24_list(path.read_text(encoding="utf-8")) == []
+
+
+def test_node24_check_catches_a_node20_commit_of_the_same_action() -> None:
+    node20 = "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2"
+
+    assert pins_off_the_node24_list(node20) == [node20.strip()]
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_host_preparation_is_invoke_setup_not_yaml(path: Path) -> None:
+    """One program, two places: daemon.json, systemctl, apt and binfmt live in invoke setup."""
+    for _, step in steps(load(path)):
+        script = step.get("run") or ""
+        for shell_setup in ("daemon.json", "systemctl", "apt-get", "update-binfmts", "serve "):
+            assert shell_setup not in script, (step.get("name"), shell_setup)
+
+
+@pytest.mark.parametrize("path", [CI, WHEELS, RELEASE], ids=lambda p: p.name)
+def test_the_engine_is_on_the_containerd_store_before_anything_is_built(path: Path) -> None:
+    for name, job in load(path)["jobs"].items():
+        runs = [s.get("run") or "" for s in job.get("steps", [])]
+        builds = [i for i, r in enumerate(runs) if re.search(r"invoke (wheels|build|release)", r)]
+        if not builds:
+            continue
+        setup = next((i for i, r in enumerate(runs) if "invoke setup --runner github" in r), None)
+        assert setup is not None and setup < min(builds), name
+        buildx = [i for i, s in enumerate(job["steps"]) if "setup-buildx" in (s.get("uses") or "")]
+        assert all(i > setup for i in buildx), f"{name}: a builder made before the restart"
+
+
+def test_ci_installs_cosign_before_it_builds_and_signs_ubi9_wheels_with_the_build_key() -> None:
+    images = load(CI)["jobs"]["images"]["steps"]
+    uses = [s.get("uses") or "" for s in images]
+    runs = [s.get("run") or "" for s in images]
+
+    cosign = next(i for i, u in enumerate(uses) if u.startswith("sigstore/cosign-installer@"))
+    build = next(i for i, r in enumerate(runs) if "invoke build" in r)
+    (wheels_call,) = [c for c in invoke_calls(load(CI)) if c[0] == "wheels"]
+    assert cosign < build
+    assert "--host-key" in wheels_call  # the signer `invoke build` verifies with
+    assert "--key" not in wheels_call and "--identity" not in wheels_call
+
+
+def test_the_release_waits_for_the_wheels_workflow() -> None:
+    jobs = load(RELEASE)["jobs"]
+
+    assert jobs["wheels"]["uses"] == "./.github/workflows/wheels.yml"
+    assert "wheels" in [jobs["release"]["needs"], *list(jobs["release"]["needs"])]
+    assert "workflow_call" in triggers(load(WHEELS))
+    assert "secrets" in jobs["wheels"] and jobs["wheels"]["secrets"] != "inherit"
+
+
+@pytest.mark.parametrize(("path", "job"), [(RELEASE, "release"), (WHEELS, "wheels")])
+def test_jobs_with_secrets_read_them_from_the_protected_release_environment(
+    path: Path, job: str
+) -> None:
+    assert load(path)["jobs"][job]["environment"] == "release"
+
+
+def _identity(path: Path, job: str, repository: str) -> str:
+    """The --identity value the job's invoke step passes, computed by bash as on the runner."""
+    step = next(s for s in load(path)["jobs"][job]["steps"] if "signer=(" in (s.get("run") or ""))
+    lines = [
+        line for line in step["run"].splitlines() if line.strip().startswith(("repo=", "signer=("))
+    ]
+    script = "\n".join([*lines, 'printf "%s" "${signer[1]}"'])
+    return subprocess.run(
+        ["bash", "-c", script],
+        env={"GITHUB_REPOSITORY": repository},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize(("path", "job"), [(RELEASE, "release"), (WHEELS, "wheels")])
+def test_the_accepted_signer_is_anchored_to_main_and_release_tags_with_dots_escaped(
+    path: Path, job: str
+) -> None:
+    pattern = re.compile(_identity(path, job, "owner/my.repo"))
+    base = "https://github.com/owner/my.repo/.github/workflows/"
+
+    assert pattern.search(base + "wheels.yml@refs/heads/main")
+    assert pattern.search(base + "release.yml@refs/tags/v1.2.3")
+    assert pattern.search(base + "wheels.yml@refs/tags/v1.2.3")  # called by the release
+    for other in (
+        base + "wheels.yml@refs/heads/feature",  # any branch's workflow_dispatch
+        base + "release.yml@refs/heads/main",
+        base + "wheelsXyml@refs/heads/main",  # an unescaped dot
+        "https://github.com/owner/myXrepo/.github/workflows/wheels.yml@refs/heads/main",
+        "https://github.com/fork/my.repo/.github/workflows/wheels.yml@refs/heads/main",
+        base + "wheels.yml@refs/heads/main-evil",  # not anchored at the end
+        "x" + base + "wheels.yml@refs/heads/main",  # not anchored at the start
+        base + "release.yml@refs/tags/v1.2.3-rc1",
+    ):
+        assert not pattern.search(other), other
+
+
+def test_the_schema_check_covers_every_workflow_file() -> None:
+    assert sorted(WORKFLOWS.glob("*.yml")) == sorted(ALL)

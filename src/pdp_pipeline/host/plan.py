@@ -49,15 +49,23 @@ class HostPlan:
 Plan = tuple[list[Step], list[Missing]]
 
 
-def plan_setup(facts: HostFacts) -> HostPlan:
-    """Decide the steps and the unfixable gaps from the facts alone, in the order to act."""
+def plan_setup(facts: HostFacts, tools_only: bool = False) -> HostPlan:
+    """Decide the steps and the unfixable gaps from the facts alone, in the order to act.
+
+    `tools_only`: the packages (and cosign) a job without builds needs, such as CI's
+    checks job; the engine, QEMU and the registry are left as they are."""
     installing = packages_to_install(facts)
     parts = (
-        _plan_packages(facts, installing),
-        _plan_engine(facts, installing),
-        _plan_buildx(facts, installing),
-        _plan_qemu(facts),
-        _plan_registry(facts, installing),
+        (_plan_packages(facts, installing), _plan_cosign(facts))
+        if tools_only
+        else (
+            _plan_packages(facts, installing),
+            _plan_engine(facts, installing),
+            _plan_buildx(facts, installing),
+            _plan_qemu(facts),
+            _plan_registry(facts, installing),
+            _plan_cosign(facts),
+        )
     )
     steps = tuple(step for part_steps, _ in parts for step in part_steps)
     missing = tuple(gap for _, part_missing in parts for gap in part_missing)
@@ -91,6 +99,20 @@ def _plan_engine(facts: HostFacts, installing: tuple[str, ...]) -> Plan:
     if facts.engine_answers:
         if facts.containerd_store and facts.engine_cdi:
             return [], []
+        if facts.engine_systemd:
+            # A GitHub runner's docker-ce: daemon.json, then systemd restarts it.
+            steps = []
+            if not facts.daemon_json_current:
+                steps.append(
+                    Step(
+                        "daemon-json", f"enable the containerd image store and CDI in {DAEMON_JSON}"
+                    )
+                )
+            lacking = "the containerd image store" if not facts.containerd_store else "CDI"
+            steps.append(
+                Step("restart-docker-service", f"the systemd-managed engine runs without {lacking}")
+            )
+            return steps, []
         if facts.engine_started_by_setup and facts.can_apt:
             steps = []
             if not facts.daemon_json_current:
@@ -154,6 +176,10 @@ def _plan_qemu(facts: HostFacts) -> Plan:
 
 
 def _plan_registry(facts: HostFacts, installing: tuple[str, ...]) -> Plan:
+    if facts.registry_service:
+        # Ubuntu's docker-registry unit holds the port with storage of its own: ours replaces it.
+        steps = [Step("stop-registry-service", "the docker-registry unit holds " + REGISTRY_ADDR)]
+        return [*steps, Step("start-registry", f"a registry of setup's on {REGISTRY_ADDR}")], []
     if facts.registry_answers:
         return [], []
     if facts.can_apt and (facts.registry_installed or "docker-registry" in installing):
@@ -163,6 +189,13 @@ def _plan_registry(facts: HostFacts, installing: tuple[str, ...]) -> Plan:
         + f" (or: docker run -d -p {REGISTRY_ADDR}:5000 registry:2)"
     )
     return [], [Missing(f"a registry on {REGISTRY_ADDR}", fix)]
+
+
+def _plan_cosign(facts: HostFacts) -> Plan:
+    """On a GitHub runner cosign comes from sigstore/cosign-installer (pinned, verified)."""
+    if facts.runner != "github" or facts.cosign_on_path:
+        return [], []
+    return [], [Missing("cosign", "a sigstore/cosign-installer step before invoke setup")]
 
 
 def install_command(packages: tuple[str, ...]) -> str:

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,25 @@ ENGINE_PACKAGES = ("docker.io", "docker-buildx")
 SERVICE_PACKAGES = (*ENGINE_PACKAGES, "qemu-user-static", "binfmt-support", "docker-registry")
 TRIXIE_PIN_TEXT = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
 
+# A GitHub-hosted runner (ubuntu-24.04): docker-ce 28 with buildx, managed by systemd, on the
+# classic image store; kustomize preinstalled; cosign from sigstore/cosign-installer. What
+# setup installs there comes from Ubuntu (no trixie source): the build tools below, and
+# Debian's archive keyring so mmdebstrap can build the debian runtime on Ubuntu.
+RUNNERS = ("", "github")
+GITHUB_RUNNER_PACKAGES = (*BOOKWORM_PACKAGES, "debian-archive-keyring")
+
+
+def detect_runner(flag: str, env: Mapping[str, str]) -> str:
+    """`github` when asked (`--runner github`) or inside GitHub Actions (`GITHUB_ACTIONS=true`)."""
+    if flag not in RUNNERS:
+        raise HostError(f"--runner {flag!r}: choose github, or leave it out on a build host")
+    return flag or ("github" if env.get("GITHUB_ACTIONS") == "true" else "")
+
+
+def as_root(argv: list[str], euid: int | None = None) -> list[str]:
+    """argv as root: through `sudo` when this process is not root (a GitHub runner's user)."""
+    return argv if (os.geteuid() if euid is None else euid) == 0 else ["sudo", *argv]
+
 
 class HostError(Exception):
     """A setup step failed, or pieces are missing that setup cannot provide here."""
@@ -81,6 +101,13 @@ class HostFacts:
     engine_cdi: bool = True
     # The running dockerd is the one setup starts (same flags), so setup may restart it.
     engine_started_by_setup: bool = False
+    # "github" on a GitHub-hosted runner (detect_runner), "" on a build host.
+    runner: str = ""
+    # systemd runs the engine (`systemctl is-active docker`): restarted through systemctl.
+    engine_systemd: bool = False
+    # A systemd docker-registry unit (Ubuntu's package starts one) holds 127.0.0.1:5000.
+    registry_service: bool = False
+    cosign_on_path: bool = True
 
 
 # --- the apt sources ---------------------------------------------------------
@@ -116,15 +143,21 @@ def trixie_sources_text(debian_sources: str) -> str:
 # --- probe -------------------------------------------------------------------
 
 
-def probe() -> HostFacts:
+def probe(runner: str = "") -> HostFacts:
     """Read the host. Never changes anything."""
-    can_apt = os.geteuid() == 0 and shutil.which("apt-get") is not None and DEBIAN_SOURCES.exists()
+    github = runner == "github"
+    has_apt = shutil.which("apt-get") is not None
+    if github:  # Ubuntu: apt through sudo, Ubuntu's own packages only
+        can_apt = has_apt and (os.geteuid() == 0 or shutil.which("sudo") is not None)
+    else:
+        can_apt = os.geteuid() == 0 and has_apt and DEBIAN_SOURCES.exists()
     engine = engine_info()
     foreign = foreign_machines()
+    wanted = GITHUB_RUNNER_PACKAGES if github else TRIXIE_PACKAGES + BOOKWORM_PACKAGES
     return HostFacts(
         can_apt=can_apt,
-        apt_sources_current=apt_sources_current(),
-        missing_packages=missing_packages(TRIXIE_PACKAGES + BOOKWORM_PACKAGES),
+        apt_sources_current=github or apt_sources_current(),
+        missing_packages=missing_packages(wanted),
         dockerd_installed=shutil.which("dockerd") is not None,
         engine_answers=engine is not None,
         containerd_store=engine is not None and uses_containerd_store(engine),
@@ -138,7 +171,16 @@ def probe() -> HostFacts:
         registry_installed=shutil.which("docker-registry") is not None,
         engine_cdi=engine is not None and reads_cdi_specs(engine),
         engine_started_by_setup=dockerd_started_by_setup(),
+        runner=runner,
+        engine_systemd=github and systemd_unit_active("docker"),
+        registry_service=github and systemd_unit_active("docker-registry"),
+        cosign_on_path=shutil.which("cosign") is not None,
     )
+
+
+def systemd_unit_active(unit: str) -> bool:
+    """`systemctl is-active --quiet UNIT`; False where there is no systemctl."""
+    return command_succeeds(["systemctl", "is-active", "--quiet", unit])
 
 
 def engine_info() -> dict[str, object] | None:

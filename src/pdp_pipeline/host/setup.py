@@ -31,6 +31,7 @@ from pdp_pipeline.host.probe import (
     USER_PLUGIN_DIR,
     HostError,
     HostFacts,
+    as_root,
     engine_info,
     probe,
     registry_answers,
@@ -78,6 +79,9 @@ class HostPaths:
     """Where setup keeps its logs, pid files, the registry config and the registry data."""
 
     cache: Path
+    # Where the registry keeps its data; default .cache/registry. A CI job gives the
+    # directory its cache restored (`invoke setup --registry-data DIR`).
+    registry_storage: Path | None = None
 
     @property
     def logs(self) -> Path:
@@ -85,7 +89,7 @@ class HostPaths:
 
     @property
     def registry_data(self) -> Path:
-        return self.cache / "registry"
+        return self.registry_storage or self.cache / "registry"
 
 
 def act(plan: HostPlan, paths: HostPaths, log: Log = print) -> None:
@@ -99,30 +103,44 @@ def act(plan: HostPlan, paths: HostPaths, log: Log = print) -> None:
         "mount-binfmt": _mount_binfmt,
         "enable-binfmt": _enable_binfmt,
         "start-registry": _start_registry,
+        "restart-docker-service": _restart_docker_service,
+        "stop-registry-service": _stop_registry_service,
     }
     for step in plan.steps:
         log(f"setup: {step.action}: {step.why}")
         actions[step.action](step, paths, log)
 
 
-def setup(paths: HostPaths, log: Log = print, rounds: int = 3) -> HostFacts:
-    """Bring the host up; return the final facts. Raises HostError naming what is missing."""
+def setup(
+    paths: HostPaths,
+    log: Log = print,
+    rounds: int = 3,
+    runner: str = "",
+    tools_only: bool = False,
+) -> HostFacts:
+    """Bring the host up; return the final facts. Raises HostError naming what is missing.
+
+    `runner` is `github` on a GitHub-hosted runner (`probe.detect_runner`); `tools_only`
+    installs the tools and leaves the engine, QEMU and the registry alone."""
     plan = HostPlan((), ())
     for _ in range(rounds):
-        facts = probe()
-        plan = plan_setup(facts)
+        facts = probe(runner)
+        plan = plan_setup(facts, tools_only)
         if not plan.steps:
             break
         act(plan, paths, log)
     else:
-        facts = probe()
-        plan = plan_setup(facts)
+        facts = probe(runner)
+        plan = plan_setup(facts, tools_only)
     if plan.steps or plan.missing:
         raise HostError(
             "this host cannot build yet:\n"
             + "".join(f"  - still to do: {s.action} ({s.why})\n" for s in plan.steps)
             + "".join(f"  - missing {m.piece}; fix: {m.fix}\n" for m in plan.missing)
         )
+    if tools_only:
+        log("setup: ready: the build and signing tools (engine, QEMU and registry untouched)")
+        return facts
     log(
         "setup: ready: engine with buildx and the containerd store, QEMU for "
         + (", ".join(facts.emulated_machines) or "nothing (native only)")
@@ -132,15 +150,30 @@ def setup(paths: HostPaths, log: Log = print, rounds: int = 3) -> HostFacts:
 
 
 def _run(argv: list[str], log: Log, env: dict[str, str] | None = None) -> None:
+    argv = as_root(argv)
     log("  $ " + " ".join(argv))
     result = subprocess.run(argv, env=env, check=False)
     if result.returncode != 0:
         raise HostError(f"`{' '.join(argv)}` exited with {result.returncode}; setup stopped there")
 
 
+def write_root_file(path: Path, text: str) -> None:
+    """Write a file only root may write: directly as root, else through `sudo tee`."""
+    if os.geteuid() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    subprocess.run(as_root(["mkdir", "-p", str(path.parent)]), check=True)
+    result = subprocess.run(
+        as_root(["tee", str(path)]), input=text, text=True, capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise HostError(f"could not write {path} through sudo: {result.stderr.strip()}")
+
+
 def _write_apt_sources(step: Step, paths: HostPaths, log: Log) -> None:
-    TRIXIE_SOURCES.write_text(trixie_sources_text(DEBIAN_SOURCES.read_text()))
-    TRIXIE_PIN.write_text(TRIXIE_PIN_TEXT)
+    write_root_file(TRIXIE_SOURCES, trixie_sources_text(DEBIAN_SOURCES.read_text()))
+    write_root_file(TRIXIE_PIN, TRIXIE_PIN_TEXT)
     log(f"  wrote {TRIXIE_SOURCES} and {TRIXIE_PIN}")
 
 
@@ -153,8 +186,7 @@ def _apt_install(step: Step, paths: HostPaths, log: Log) -> None:
 
 def _write_daemon_json(step: Step, paths: HostPaths, log: Log) -> None:
     current = DAEMON_JSON.read_text() if DAEMON_JSON.exists() else ""
-    DAEMON_JSON.parent.mkdir(parents=True, exist_ok=True)
-    DAEMON_JSON.write_text(daemon_json_with_store(current))
+    write_root_file(DAEMON_JSON, daemon_json_with_store(current))
     log(f"  wrote {DAEMON_JSON}")
 
 
@@ -235,6 +267,26 @@ def _restart_dockerd(step: Step, paths: HostPaths, log: Log) -> None:
                 raise HostError(f"dockerd (pid {pid}) did not stop within 60 s of SIGTERM")
             time.sleep(0.2)
     _start_dockerd(step, paths, log)
+
+
+def _restart_docker_service(step: Step, paths: HostPaths, log: Log) -> None:
+    """systemd's engine (a GitHub runner's docker-ce) reads daemon.json on restart."""
+    _run(["systemctl", "restart", "docker"], log)
+    deadline = time.monotonic() + 60
+    while engine_info() is None:
+        if time.monotonic() > deadline:
+            raise HostError("the docker service does not answer 60 s after its restart")
+        time.sleep(0.5)
+    log("  engine answers")
+
+
+def _stop_registry_service(step: Step, paths: HostPaths, log: Log) -> None:
+    _run(["systemctl", "stop", "docker-registry"], log)
+    deadline = time.monotonic() + 30
+    while registry_answers():
+        if time.monotonic() > deadline:
+            raise HostError(f"{REGISTRY_ADDR} still answers 30 s after stopping docker-registry")
+        time.sleep(0.5)
 
 
 def _link_buildx(step: Step, paths: HostPaths, log: Log) -> None:

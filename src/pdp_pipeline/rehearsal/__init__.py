@@ -1,0 +1,1 @@
+"""The rehearsal: the real workflow files run with act on this host (docs/rehearsal.md)."""
