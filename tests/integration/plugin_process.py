@@ -177,6 +177,10 @@ def start_plugin(
         f"--listen=127.0.0.1:{port}",
         *extra_args,
     ]
+    if not any(arg.startswith("--cdi-dir") for arg in extra_args):
+        # The node's own CDI directory, never the host's /var/run/cdi: a plugin removes
+        # a stale spec of its kind at start, which would take a live one from the host.
+        command.append(f"--cdi-dir={node.root / 'cdi'}")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
     environment["PYTHONPATH"] = str(SRC)
     environment.update(env or {})
