@@ -358,7 +358,10 @@ NODE24_PINS = {
     "docker/login-action": ("b45d80f862d83dbcd57f89517bcf500b2ab88fb2", "v4.0.0"),
     "sigstore/cosign-installer": ("faadad0cce49287aee09b3a48701e75088a2c6ad", "v4.0.0"),
 }
-_USES_LINE = re.compile(r"^\s*-?\s*uses:\s*([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # (v[\d.]+)\s*$")
+# OWNER/REPO, an optional subpath (actions/cache/restore: the same repository), the commit.
+_USES_LINE = re.compile(
+    r"^\s*-?\s*uses:\s*([\w.-]+/[\w.-]+)(?:/[\w./-]+)?@([0-9a-f]{40}) # (v[\d.]+)\s*$"
+)
 
 
 def pins_off_the_node24_list(text: str) -> list[str]:
@@ -415,8 +418,49 @@ def test_ci_installs_cosign_before_it_builds_and_signs_ubi9_wheels_with_the_buil
     build = next(i for i, r in enumerate(runs) if "invoke build" in r)
     (wheels_call,) = [c for c in invoke_calls(load(CI)) if c[0] == "wheels"]
     assert cosign < build
-    assert "--host-key" in wheels_call  # the signer `invoke build` verifies with
-    assert "--key" not in wheels_call and "--identity" not in wheels_call
+    # No signer option: the host build key, the default signer `invoke build` verifies with.
+    assert not {"--key", "--keyless", "--identity"} & set(wheels_call)
+
+
+def test_ci_keeps_the_build_key_in_the_cached_storage() -> None:
+    images = load(CI)["jobs"]["images"]
+    storage = images["env"]["REGISTRY_DATA"]
+    key_dir = images["env"]["PDP_BUILD_KEY_DIR"]
+
+    # The next run restores the key with the runtimes it signed, and so reuses them.
+    assert key_dir.startswith(storage.rstrip("/") + "/")
+    runs = [s.get("run") or "" for s in images["steps"]]
+    assert any("chown" in r and "$PDP_BUILD_KEY_DIR" in r for r in runs)
+
+
+@pytest.mark.parametrize(("path", "job"), [(RELEASE, "release"), (WHEELS, "wheels")])
+def test_jobs_holding_tokens_install_the_hash_locked_tools(path: Path, job: str) -> None:
+    assert load(path)["jobs"][job]["env"]["PDP_LOCKED"] == "1"
+
+
+def test_wheels_signs_keyless_unless_the_release_environment_holds_a_key() -> None:
+    run = next(
+        s["run"]
+        for s in load(WHEELS)["jobs"]["wheels"]["steps"]
+        if "invoke wheels" in (s.get("run") or "")
+    )
+    assert 'signer=(--key "$KEY")' in run and "signer+=(--keyless)" in run
+    assert '"${signer[@]}"' in run
+
+
+def test_the_compile_legs_restore_and_always_save_their_compiled_objects() -> None:
+    steps_ = load(WHEELS)["jobs"]["wheels"]["steps"]
+    uses = [s.get("uses") or "" for s in steps_]
+    restore = next(i for i, u in enumerate(uses) if u.startswith("actions/cache/restore@"))
+    save = next(i for i, u in enumerate(uses) if u.startswith("actions/cache/save@"))
+    build = next(i for i, s in enumerate(steps_) if "invoke wheels" in (s.get("run") or ""))
+    assert restore < build < save
+    assert steps_[save]["if"].startswith("always()")
+    for step in (steps_[restore], steps_[save]):
+        assert "matrix.compile" in step["if"]
+        assert step["with"]["path"] == ".cache/compile-cache/${{ matrix.arch }}"
+        assert "github.run_id" in step["with"]["key"]  # a key is written once
+    assert steps_[restore]["with"]["restore-keys"]
 
 
 def test_the_release_waits_for_the_wheels_workflow() -> None:
