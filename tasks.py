@@ -507,7 +507,8 @@ def release(
 
 @task(
     help={
-        "jobs": "all (default) or a comma list of: wheels-amd64, ci-ubi9, ci-debian, release",
+        "jobs": "all (default) or a comma list of: wheels-native (this host's platform), ci-ubi9,"
+        " ci-ubi9-again, ci-debian, release",
     }
 )
 def rehearse(c: Context, jobs: str = "all") -> None:

@@ -75,6 +75,8 @@ FACTS: dict[str, tuple[frozenset[str], str]] = {
 MEASUREMENTS: dict[str, str] = {
     "docs/e2e.md": "the node suite's timings per architecture, and `--arch` examples",
     "docs/pipeline.md": "build times and digests per architecture, as measured",
+    "docs/rehearsal.md": "the rehearsal's runs on this host (its platform), as measured and"
+    " logged, and why the architectures it does not build stay unproven",
 }
 
 # Files not yet derived from the platform list, with what will make them so. They still

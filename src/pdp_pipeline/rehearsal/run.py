@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdp_pipeline import platforms
 from pdp_pipeline.rehearsal import netproxy, plan
 
 Log = Callable[[str], None]
@@ -118,7 +119,9 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
         return str(data["image"]), str(data["digest"])
     from pdp_pipeline.images import runtime
 
-    tar = paths.root / ".cache" / "test-base" / f"bookworm-{'-'.join(STANDIN_PACKAGES)}-amd64.tar"
+    native = platforms.native()
+    name = f"bookworm-{'-'.join(STANDIN_PACKAGES)}-{native.arch}.tar"
+    tar = paths.root / ".cache" / "test-base" / name
     if not tar.exists():
         tar.parent.mkdir(parents=True, exist_ok=True)
         partial = tar.with_suffix(".partial.tar")
@@ -155,7 +158,7 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
     try:
         _wait_registry(seed_addr)
         subprocess.run(
-            ["docker", "import", "--platform", "linux/amd64", str(tar), local],
+            ["docker", "import", "--platform", native.platform, str(tar), local],
             check=True, capture_output=True,
         )  # fmt: skip
         subprocess.run(["docker", "push", "-q", local], check=True, capture_output=True)
