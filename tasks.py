@@ -350,6 +350,31 @@ def platform_files(c: Context, check: bool = False) -> None:
         print("platform-files: every block follows the platform list")
 
 
+@task(
+    help={
+        "arch": "all (default), native, one name or a comma list (as `build --arch`)",
+        "output": "also append `NAME=<json>` to this file ($GITHUB_OUTPUT in a workflow)",
+        "name": "the output's name (default matrix)",
+    }
+)
+def platform_matrix(c: Context, arch: str = "all", output: str = "", name: str = "matrix") -> None:
+    """Print the wheels workflow's matrix from src/pdp_pipeline/platforms.py, as JSON.
+
+    Each leg: arch, compile (no PyPI grpcio wheels), timeout (minutes), attempt_timeout
+    (seconds). The workflows take it with `fromJSON`, so they name no architecture.
+    """
+    from pdp_pipeline import platforms
+
+    try:
+        text = platforms.workflow_matrix_json(arch)
+    except platforms.UnknownArchError as error:
+        raise SystemExit(f"platform-matrix: {error}") from None
+    print(text)
+    if output:
+        with open(output, "a", encoding="utf-8") as stream:
+            stream.write(f"{name}={text}\n")
+
+
 # --- manifest tasks ----------------------------------------------------------
 
 
