@@ -245,6 +245,7 @@ _SHA_PIN = re.compile(r"^\s*-?\s*uses:\s*[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\
 WRITE_SCOPES_BY_JOB = {
     (CI.name, "checks"): {},
     (CI.name, "images"): {},
+    (WHEELS.name, "platforms"): {},
     (WHEELS.name, "wheels"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "wheels"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "release"): {"packages": "write", "id-token": "write"},
@@ -520,3 +521,44 @@ def test_the_accepted_signer_is_anchored_to_main_and_release_tags_with_dots_esca
 
 def test_the_schema_check_covers_every_workflow_file() -> None:
     assert sorted(WORKFLOWS.glob("*.yml")) == sorted(ALL)
+
+
+# --- the platform list (issue 20) ---------------------------------------------------------
+
+
+def test_the_wheels_matrix_is_the_platform_list_printed_by_a_first_job() -> None:
+    jobs = load(WHEELS)["jobs"]
+    first = jobs["platforms"]
+    step = next(s for s in first["steps"] if "invoke platform-matrix" in (s.get("run") or ""))
+    assert '--output "$GITHUB_OUTPUT"' in step["run"]
+    assert first["outputs"]["matrix"] == f"${{{{ steps.{step['id']}.outputs.matrix }}}}"
+    wheels_job = jobs["wheels"]
+    assert wheels_job["needs"] == "platforms"
+    assert wheels_job["strategy"]["matrix"] == "${{ fromJSON(needs.platforms.outputs.matrix) }}"
+    assert wheels_job["timeout-minutes"] == "${{ matrix.timeout }}"
+    # The matrix follows an input (all by default): the release passes its own.
+    for trigger in ("workflow_dispatch", "workflow_call"):
+        assert triggers(load(WHEELS))[trigger]["inputs"]["arch"]["default"] == "all"
+
+
+def test_the_printed_matrix_has_the_fields_the_wheels_job_reads() -> None:
+    text = WHEELS.read_text(encoding="utf-8")
+    fields = set(re.findall(r"(?<![.\w])matrix\.(\w+)", text))
+    from pdp_pipeline import platforms
+
+    for leg in platforms.workflow_matrix():
+        assert fields <= set(leg), fields - set(leg)
+
+
+def test_native_builders_come_from_one_json_variable_keyed_by_architecture() -> None:
+    for path in (WHEELS, RELEASE):
+        text = path.read_text(encoding="utf-8")
+        assert "vars.BUILDKIT_ENDPOINTS" in text, path.name
+        assert not re.search(r"vars\.BUILDKIT_(?!ENDPOINTS|IMAGE)", text), path.name
+
+
+def test_ci_s_ubi9_leg_builds_the_runner_s_own_platform() -> None:
+    matrix = load(CI)["jobs"]["images"]["strategy"]["matrix"]["include"]
+    assert {"base": "ubi9", "arch": "native"} in matrix
+    (wheels_call,) = [c for c in invoke_calls(load(CI)) if c[0] == "wheels"]
+    assert wheels_call[wheels_call.index("--arch") + 1] == "$ARCH"
