@@ -464,9 +464,11 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "dry_run": "everything against the local registry, throwaway key, artifacts marked dry run",
         "registry": "registry to release to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin)",
-        "arch": "architectures: all (default); a dry run may take fewer (a comma list)",
+        "arch": "architectures: all (default); a dry run or a release to this host's"
+        " registry may take fewer (native, or a comma list)",
         "base": "dry run only: ubi9 (default; falls back to debian here) or debian",
-        "base_image": "dry run only: a mirror of the ubi9 base image",
+        "base_image": "a mirror of the ubi9 base image: dry run or a release to this host's"
+        " registry only",
         "builder": "buildx builder, e.g. one with native nodes of foreign architectures",
         "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
         "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
