@@ -72,6 +72,9 @@ def test_the_release_is_rehearsed_as_a_push_of_its_tag() -> None:
 
     assert payload["ref"] == f"refs/tags/{plan.RELEASE_TAG}" and payload["after"] == "abc"
     assert ("RELEASE_REGISTRY", plan.REMOTE_REGISTRY) in job.variables
+    # kept on this host: the host's platform, on the stand-in base
+    assert ("RELEASE_ARCH", "native") in job.variables
+    assert job.mirror_variables == ("RELEASE_BASE_IMAGE",)
 
 
 def test_jobs_are_chosen_by_name_and_an_unknown_one_is_named() -> None:

@@ -65,6 +65,8 @@ class RehearsedJob:
     # Keyless signing needs GitHub's OIDC token and Fulcio: the job gets the rehearsal's
     # key as the release environment's COSIGN_PRIVATE_KEY / COSIGN_PASSWORD instead.
     signs_with_key: bool = False
+    # The repository variables that get the stand-in ubi9 mirror (image@digest).
+    mirror_variables: tuple[str, ...] = (MIRROR_VARIABLE,)
 
 
 # The rehearsal runs on this host, without QEMU: the legs of its own platform.
@@ -90,8 +92,10 @@ JOBS = (
         "release",
         ref=f"refs/tags/{RELEASE_TAG}",
         matrix=(("arch", NATIVE),),
-        variables=(("RELEASE_REGISTRY", REMOTE_REGISTRY),),
+        # A release kept on this host: the host's own platform, on the stand-in base.
+        variables=(("RELEASE_REGISTRY", REMOTE_REGISTRY), ("RELEASE_ARCH", "native")),
         signs_with_key=True,
+        mirror_variables=("RELEASE_BASE_IMAGE",),
     ),
 )
 
@@ -196,7 +200,7 @@ def act_argv(
         argv += ["--matrix", f"{key}:{value}"]
     variables = list(job.variables)
     if mirror:
-        variables.append((MIRROR_VARIABLE, mirror))
+        variables += [(name, mirror) for name in job.mirror_variables]
     for key, value in variables:
         argv += ["--var", f"{key}={value}"]
     secrets = [("GITHUB_TOKEN", "rehearsal-has-no-token"), *job.secrets]
