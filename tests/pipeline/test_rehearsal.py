@@ -185,3 +185,13 @@ def test_a_request_crosses_the_forwarder_and_the_unix_socket_proxy(tmp_path: Pat
         forward.stop()
         proxy.stop()
         origin.shutdown()
+
+
+def test_the_actions_of_a_called_workflow_get_their_stand_ins_too() -> None:
+    root = Path(__file__).resolve().parents[2]
+    release = (root / ".github/workflows/release.yml").read_text(encoding="utf-8")
+    text = plan.with_called_workflows(release, lambda path: (root / path).read_text())
+    repos = {repo for repo, _ in plan.pinned_actions(text)}
+    # actions/cache is used by wheels.yml (its compile legs) only, not by release.yml
+    assert "actions/cache" in repos
+    assert "actions/cache" not in {repo for repo, _ in plan.pinned_actions(release)}

@@ -9,7 +9,7 @@ would try to fetch it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +132,27 @@ def pinned_actions(workflow_text: str) -> list[tuple[str, str]]:
         if (repo, ref) not in seen:
             seen.append((repo, ref))
     return seen
+
+
+_CALLS = re.compile(r"^\s*uses:\s*\./(\.github/workflows/[\w.-]+\.ya?ml)", re.MULTILINE)
+
+
+def with_called_workflows(workflow_text: str, read: Callable[[str], str]) -> str:
+    """The workflow's text followed by that of every local workflow it calls (`uses: ./…`).
+
+    act runs a called workflow's steps with the same `--local-repository` map, so the
+    actions of wheels.yml called from release.yml need their stand-ins too.
+    """
+    texts, seen, queue = [workflow_text], set(), _CALLS.findall(workflow_text)
+    while queue:
+        path = queue.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        called = read(path)
+        texts.append(called)
+        queue += _CALLS.findall(called)
+    return "\n".join(texts)
 
 
 def action_map(workflow_text: str, actions_dir: Path) -> list[str]:

@@ -258,7 +258,10 @@ def run_job(
         shutil.rmtree(state, ignore_errors=True)
     (state / "home").mkdir(parents=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
-    workflow_text = (paths.repo / ".github" / "workflows" / job.workflow).read_text()
+    workflow_text = plan.with_called_workflows(
+        (paths.repo / ".github" / "workflows" / job.workflow).read_text(),
+        lambda path: (paths.repo / path).read_text(),
+    )
     event_file = state / "event.json"
     event_file.write_text(json.dumps(plan.event_payload(job, sha)))
     remote_config = state / "remote-registry.yml"
