@@ -350,6 +350,31 @@ def platform_files(c: Context, check: bool = False) -> None:
         print("platform-files: every block follows the platform list")
 
 
+@task(
+    help={
+        "arch": "all (default), native, one name or a comma list (as `build --arch`)",
+        "output": "also append `NAME=<json>` to this file ($GITHUB_OUTPUT in a workflow)",
+        "name": "the output's name (default matrix)",
+    }
+)
+def platform_matrix(c: Context, arch: str = "all", output: str = "", name: str = "matrix") -> None:
+    """Print the wheels workflow's matrix from src/pdp_pipeline/platforms.py, as JSON.
+
+    Each leg: arch, compile (no PyPI grpcio wheels), timeout (minutes), attempt_timeout
+    (seconds). The workflows take it with `fromJSON`, so they name no architecture.
+    """
+    from pdp_pipeline import platforms
+
+    try:
+        text = platforms.workflow_matrix_json(arch)
+    except platforms.UnknownArchError as error:
+        raise SystemExit(f"platform-matrix: {error}") from None
+    print(text)
+    if output:
+        with open(output, "a", encoding="utf-8") as stream:
+            stream.write(f"{name}={text}\n")
+
+
 # --- manifest tasks ----------------------------------------------------------
 
 
@@ -439,9 +464,11 @@ def manifests_pin(c: Context, image: str = "", last_build: bool = False) -> None
         "dry_run": "everything against the local registry, throwaway key, artifacts marked dry run",
         "registry": "registry to release to (default: the local one, 127.0.0.1:5000)",
         "repository": "image repository name (default power-dev-plugin)",
-        "arch": "architectures: all (default); a dry run may take fewer (a comma list)",
+        "arch": "architectures: all (default); a dry run or a release to this host's"
+        " registry may take fewer (native, or a comma list)",
         "base": "dry run only: ubi9 (default; falls back to debian here) or debian",
-        "base_image": "dry run only: a mirror of the ubi9 base image",
+        "base_image": "a mirror of the ubi9 base image: dry run or a release to this host's"
+        " registry only",
         "builder": "buildx builder, e.g. one with native nodes of foreign architectures",
         "key": "cosign private key file (COSIGN_PASSWORD in the environment); default keyless",
         "identity": "keyless: regexp of the signer identity to verify (the workflow URL)",
@@ -507,7 +534,8 @@ def release(
 
 @task(
     help={
-        "jobs": "all (default) or a comma list of: wheels-amd64, ci-ubi9, ci-debian, release",
+        "jobs": "all (default) or a comma list of: wheels-native (this host's platform), ci-ubi9,"
+        " ci-ubi9-again, ci-debian, release",
     }
 )
 def rehearse(c: Context, jobs: str = "all") -> None:

@@ -10,6 +10,7 @@ architecture is named anywhere else (`tests/pipeline/test_platform_names.py`).
 
 from __future__ import annotations
 
+import json
 import platform as host_platform
 from dataclasses import dataclass
 
@@ -51,22 +52,30 @@ class UnknownArchError(ValueError):
     """An architecture name that is not one we build."""
 
 
+# `--arch native`: this host's own platform (`native()`), so a workflow leg that should
+# run without QEMU on whatever runner it gets says so instead of naming an architecture.
+NATIVE = "native"
+
+
 def select(spec: str) -> tuple[Platform, ...]:
-    """Platforms named by `--arch`: `all`, one name, or a comma-separated list.
+    """Platforms named by `--arch`: `all`, `native`, one name, or a comma-separated list.
 
     Order follows PLATFORMS, duplicates are dropped, and an unknown name is
     refused with the list of names we do know.
     """
     names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
-        raise UnknownArchError("--arch is empty: use all, or some of " + ", ".join(_BY_ARCH))
+        raise UnknownArchError(
+            "--arch is empty: use all, native, or some of " + ", ".join(_BY_ARCH)
+        )
     if "all" in names:
         return PLATFORMS
+    names = [native().arch if n == NATIVE else n for n in names]
     unknown = [n for n in names if n not in _BY_ARCH]
     if unknown:
         raise UnknownArchError(
             f"--arch {spec!r}: unknown architecture {', '.join(unknown)}; "
-            f"choose all, or some of {', '.join(_BY_ARCH)}"
+            f"choose all, native, or some of {', '.join(_BY_ARCH)}"
         )
     return tuple(p for p in PLATFORMS if p.arch in names)
 
@@ -83,3 +92,39 @@ def native() -> Platform:
     """The platform of this host (what runs without QEMU), or the first one we ship."""
     here = host_platform.machine()
     return next((p for p in PLATFORMS if p.machine == here), PLATFORMS[0])
+
+
+# The wheels workflow's time budgets, in minutes. A platform PyPI has grpcio wheels for
+# downloads them; the others compile grpcio (hours under QEMU: docs/release.md), within
+# GitHub's 360-minute job ceiling, each attempt stopping early enough to export and save
+# its compiled objects (`invoke wheels --attempt-timeout`), so a re-run resumes.
+PYPI_WHEELS_MINUTES = 20
+COMPILE_MINUTES = 355
+COMPILE_EXPORT_MINUTES = 25
+
+
+def workflow_matrix(spec: str = "all") -> list[dict[str, object]]:
+    """The wheels workflow's matrix (`strategy.matrix.include`) for `--arch SPEC`.
+
+    One leg per platform: `arch`; `compile` (no PyPI wheels: `invoke wheels --compile`);
+    `timeout` (the job's minutes); `attempt_timeout` (seconds one compile attempt may
+    run, 0 for none).
+    """
+    legs: list[dict[str, object]] = []
+    for p in select(spec):
+        compiles = not p.pypi_wheels
+        minutes = COMPILE_MINUTES if compiles else PYPI_WHEELS_MINUTES
+        legs.append(
+            {
+                "arch": p.arch,
+                "compile": compiles,
+                "timeout": minutes,
+                "attempt_timeout": (minutes - COMPILE_EXPORT_MINUTES) * 60 if compiles else 0,
+            }
+        )
+    return legs
+
+
+def workflow_matrix_json(spec: str = "all") -> str:
+    """`workflow_matrix` as one line of JSON, for `$GITHUB_OUTPUT` and `fromJSON`."""
+    return json.dumps({"include": workflow_matrix(spec)}, separators=(",", ":"))

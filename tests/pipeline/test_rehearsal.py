@@ -72,12 +72,15 @@ def test_the_release_is_rehearsed_as_a_push_of_its_tag() -> None:
 
     assert payload["ref"] == f"refs/tags/{plan.RELEASE_TAG}" and payload["after"] == "abc"
     assert ("RELEASE_REGISTRY", plan.REMOTE_REGISTRY) in job.variables
+    # kept on this host: the host's platform, on the stand-in base
+    assert ("RELEASE_ARCH", "native") in job.variables
+    assert job.mirror_variables == ("RELEASE_BASE_IMAGE",)
 
 
 def test_jobs_are_chosen_by_name_and_an_unknown_one_is_named() -> None:
     assert [j.name for j in plan.select_jobs("all")] == [j.name for j in plan.JOBS]
-    assert [j.name for j in plan.select_jobs("release,wheels-amd64")] == [
-        "wheels-amd64",
+    assert [j.name for j in plan.select_jobs("release,wheels-native")] == [
+        "wheels-native",
         "release",
     ]
     with pytest.raises(plan.RehearsalError, match="unknown nope"):
@@ -182,3 +185,13 @@ def test_a_request_crosses_the_forwarder_and_the_unix_socket_proxy(tmp_path: Pat
         forward.stop()
         proxy.stop()
         origin.shutdown()
+
+
+def test_the_actions_of_a_called_workflow_get_their_stand_ins_too() -> None:
+    root = Path(__file__).resolve().parents[2]
+    release = (root / ".github/workflows/release.yml").read_text(encoding="utf-8")
+    text = plan.with_called_workflows(release, lambda path: (root / path).read_text())
+    repos = {repo for repo, _ in plan.pinned_actions(text)}
+    # actions/cache is used by wheels.yml (its compile legs) only, not by release.yml
+    assert "actions/cache" in repos
+    assert "actions/cache" not in {repo for repo, _ in plan.pinned_actions(release)}

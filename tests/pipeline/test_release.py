@@ -150,10 +150,15 @@ def test_git_state_of_a_commit_after_the_tag_has_no_exact_tag(tagged_repo: Path)
     ("options", "flag"),
     [
         (release_options.ReleaseOptions(base="debian"), "--base 'debian'"),
-        (release_options.ReleaseOptions(base_image="mirror.example/ubi9:9.4"), "--base-image"),
         (
-            release_options.ReleaseOptions(archs=PLATFORMS[:1]),
-            "--arch amd64: a release ships every",
+            release_options.ReleaseOptions(
+                registry="ghcr.io/owner", base_image="mirror.example/ubi9:9.4"
+            ),
+            "--base-image",
+        ),
+        (
+            release_options.ReleaseOptions(registry="ghcr.io/owner", archs=PLATFORMS[:1]),
+            f"--arch {PLATFORMS[0].arch}: a release to ghcr.io/owner ships every",
         ),
     ],
 )
@@ -162,6 +167,24 @@ def test_release_refuses_what_only_a_dry_run_may_do(
 ) -> None:
     with pytest.raises(release_version.ReleaseRefused, match=flag):
         release_options.check_options(options)
+
+
+@pytest.mark.parametrize("registry", ["127.0.0.1:5000", "127.0.0.1:5001/owner", "localhost:5000"])
+def test_a_release_kept_on_this_host_may_take_fewer_architectures_and_a_mirror(
+    registry: str,
+) -> None:
+    release_options.check_options(
+        release_options.ReleaseOptions(
+            registry=registry,
+            archs=PLATFORMS[:1],
+            base_image="127.0.0.1:5001/ubi@sha256:" + "a" * 64,
+        )
+    )
+    # ...but never another base: it is still a ubi9 release.
+    with pytest.raises(release_version.ReleaseRefused, match="--base 'debian'"):
+        release_options.check_options(
+            release_options.ReleaseOptions(registry=registry, base="debian")
+        )
 
 
 def test_dry_run_accepts_debian_a_mirror_or_fewer_architectures() -> None:

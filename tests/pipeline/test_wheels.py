@@ -201,7 +201,10 @@ def test_keyless_identity_defaults_to_the_repositorys_wheels_and_release_workflo
     base = "https://github.com/ibm/power-dev-plugin/.github/workflows/"
     assert pattern.match(base + "wheels.yml@refs/heads/main")
     assert pattern.match(base + "release.yml@refs/tags/v1.0.0")
+    # wheels.yml called by release.yml (workflow_call) signs with the tag as its ref
+    assert pattern.match(base + "wheels.yml@refs/tags/v1.0.0")
     assert not pattern.match(base + "ci.yml@refs/heads/main")
+    assert not pattern.match(base + "ci.yml@refs/tags/v1.0.0")
     assert not pattern.match(
         "https://github.com/someone/power-dev-plugin/.github/workflows/wheels.yml@refs/heads/x"
     )
@@ -224,8 +227,13 @@ def test_keyless_identity_without_a_repository_asks_for_identity_or_key(
         "release.yml@refs/heads/main",
         "release.yml@refs/tags/v1.0.0-rc1",
         "release.yml@refs/tags/x1.0.0",
+        "wheels.yml@refs/tags/v1.0.0-rc1",
+        "wheels.yml@refs/tags/v1.0",
+        "wheels.yml@refs/heads/v1.0.0",
+        "ci.yml@refs/tags/v1.0.0",
         "wheelsXyml@refs/heads/main",
         "releaseXyml@refs/tags/v1.0.0",
+        "wheelsXyml@refs/tags/v1.0.0",
     ],
 )
 def test_the_accepted_signers_are_main_wheels_and_tagged_releases_only(identity: str) -> None:

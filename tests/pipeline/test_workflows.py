@@ -245,6 +245,7 @@ _SHA_PIN = re.compile(r"^\s*-?\s*uses:\s*[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\
 WRITE_SCOPES_BY_JOB = {
     (CI.name, "checks"): {},
     (CI.name, "images"): {},
+    (WHEELS.name, "platforms"): {},
     (WHEELS.name, "wheels"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "wheels"): {"packages": "write", "id-token": "write"},
     (RELEASE.name, "release"): {"packages": "write", "id-token": "write"},
@@ -358,7 +359,10 @@ NODE24_PINS = {
     "docker/login-action": ("b45d80f862d83dbcd57f89517bcf500b2ab88fb2", "v4.0.0"),
     "sigstore/cosign-installer": ("faadad0cce49287aee09b3a48701e75088a2c6ad", "v4.0.0"),
 }
-_USES_LINE = re.compile(r"^\s*-?\s*uses:\s*([\w.-]+/[\w.-]+)@([0-9a-f]{40}) # (v[\d.]+)\s*$")
+# OWNER/REPO, an optional subpath (actions/cache/restore: the same repository), the commit.
+_USES_LINE = re.compile(
+    r"^\s*-?\s*uses:\s*([\w.-]+/[\w.-]+)(?:/[\w./-]+)?@([0-9a-f]{40}) # (v[\d.]+)\s*$"
+)
 
 
 def pins_off_the_node24_list(text: str) -> list[str]:
@@ -415,8 +419,49 @@ def test_ci_installs_cosign_before_it_builds_and_signs_ubi9_wheels_with_the_buil
     build = next(i for i, r in enumerate(runs) if "invoke build" in r)
     (wheels_call,) = [c for c in invoke_calls(load(CI)) if c[0] == "wheels"]
     assert cosign < build
-    assert "--host-key" in wheels_call  # the signer `invoke build` verifies with
-    assert "--key" not in wheels_call and "--identity" not in wheels_call
+    # No signer option: the host build key, the default signer `invoke build` verifies with.
+    assert not {"--key", "--keyless", "--identity"} & set(wheels_call)
+
+
+def test_ci_keeps_the_build_key_in_the_cached_storage() -> None:
+    images = load(CI)["jobs"]["images"]
+    storage = images["env"]["REGISTRY_DATA"]
+    key_dir = images["env"]["PDP_BUILD_KEY_DIR"]
+
+    # The next run restores the key with the runtimes it signed, and so reuses them.
+    assert key_dir.startswith(storage.rstrip("/") + "/")
+    runs = [s.get("run") or "" for s in images["steps"]]
+    assert any("chown" in r and "$PDP_BUILD_KEY_DIR" in r for r in runs)
+
+
+@pytest.mark.parametrize(("path", "job"), [(RELEASE, "release"), (WHEELS, "wheels")])
+def test_jobs_holding_tokens_install_the_hash_locked_tools(path: Path, job: str) -> None:
+    assert load(path)["jobs"][job]["env"]["PDP_LOCKED"] == "1"
+
+
+def test_wheels_signs_keyless_unless_the_release_environment_holds_a_key() -> None:
+    run = next(
+        s["run"]
+        for s in load(WHEELS)["jobs"]["wheels"]["steps"]
+        if "invoke wheels" in (s.get("run") or "")
+    )
+    assert 'signer=(--key "$KEY")' in run and "signer+=(--keyless)" in run
+    assert '"${signer[@]}"' in run
+
+
+def test_the_compile_legs_restore_and_always_save_their_compiled_objects() -> None:
+    steps_ = load(WHEELS)["jobs"]["wheels"]["steps"]
+    uses = [s.get("uses") or "" for s in steps_]
+    restore = next(i for i, u in enumerate(uses) if u.startswith("actions/cache/restore@"))
+    save = next(i for i, u in enumerate(uses) if u.startswith("actions/cache/save@"))
+    build = next(i for i, s in enumerate(steps_) if "invoke wheels" in (s.get("run") or ""))
+    assert restore < build < save
+    assert steps_[save]["if"].startswith("always()")
+    for step in (steps_[restore], steps_[save]):
+        assert "matrix.compile" in step["if"]
+        assert step["with"]["path"] == ".cache/compile-cache/${{ matrix.arch }}"
+        assert "github.run_id" in step["with"]["key"]  # a key is written once
+    assert steps_[restore]["with"]["restore-keys"]
 
 
 def test_the_release_waits_for_the_wheels_workflow() -> None:
@@ -476,3 +521,44 @@ def test_the_accepted_signer_is_anchored_to_main_and_release_tags_with_dots_esca
 
 def test_the_schema_check_covers_every_workflow_file() -> None:
     assert sorted(WORKFLOWS.glob("*.yml")) == sorted(ALL)
+
+
+# --- the platform list (issue 20) ---------------------------------------------------------
+
+
+def test_the_wheels_matrix_is_the_platform_list_printed_by_a_first_job() -> None:
+    jobs = load(WHEELS)["jobs"]
+    first = jobs["platforms"]
+    step = next(s for s in first["steps"] if "invoke platform-matrix" in (s.get("run") or ""))
+    assert '--output "$GITHUB_OUTPUT"' in step["run"]
+    assert first["outputs"]["matrix"] == f"${{{{ steps.{step['id']}.outputs.matrix }}}}"
+    wheels_job = jobs["wheels"]
+    assert wheels_job["needs"] == "platforms"
+    assert wheels_job["strategy"]["matrix"] == "${{ fromJSON(needs.platforms.outputs.matrix) }}"
+    assert wheels_job["timeout-minutes"] == "${{ matrix.timeout }}"
+    # The matrix follows an input (all by default): the release passes its own.
+    for trigger in ("workflow_dispatch", "workflow_call"):
+        assert triggers(load(WHEELS))[trigger]["inputs"]["arch"]["default"] == "all"
+
+
+def test_the_printed_matrix_has_the_fields_the_wheels_job_reads() -> None:
+    text = WHEELS.read_text(encoding="utf-8")
+    fields = set(re.findall(r"(?<![.\w])matrix\.(\w+)", text))
+    from pdp_pipeline import platforms
+
+    for leg in platforms.workflow_matrix():
+        assert fields <= set(leg), fields - set(leg)
+
+
+def test_native_builders_come_from_one_json_variable_keyed_by_architecture() -> None:
+    for path in (WHEELS, RELEASE):
+        text = path.read_text(encoding="utf-8")
+        assert "vars.BUILDKIT_ENDPOINTS" in text, path.name
+        assert not re.search(r"vars\.BUILDKIT_(?!ENDPOINTS|IMAGE)", text), path.name
+
+
+def test_ci_s_ubi9_leg_builds_the_runner_s_own_platform() -> None:
+    matrix = load(CI)["jobs"]["images"]["strategy"]["matrix"]["include"]
+    assert {"base": "ubi9", "arch": "native"} in matrix
+    (wheels_call,) = [c for c in invoke_calls(load(CI)) if c[0] == "wheels"]
+    assert wheels_call[wheels_call.index("--arch") + 1] == "$ARCH"

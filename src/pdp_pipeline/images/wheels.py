@@ -43,11 +43,12 @@ WORKFLOW = ".github/workflows/wheels.yml"
 
 
 # Who may have signed a wheels or runtime image keyless: the wheels workflow on the main
-# branch and the release workflow on a vX.Y.Z tag of one repository, nothing else (no other
-# branch's workflow_dispatch, no other workflow). `{repository}` is inserted escaped.
+# branch, and the release workflow or the wheels workflow it calls (workflow_call: the
+# called workflow's ref is the tag) on a vX.Y.Z tag of one repository, nothing else (no
+# other branch's workflow_dispatch, no other workflow). `{repository}` is inserted escaped.
 IDENTITY_TEMPLATE = (
     r"^https://github\.com/{repository}/\.github/workflows/"
-    r"(wheels\.yml@refs/heads/main|release\.yml@refs/tags/v[0-9]+\.[0-9]+\.[0-9]+)$"
+    r"(wheels\.yml@refs/heads/main|(release|wheels)\.yml@refs/tags/v[0-9]+\.[0-9]+\.[0-9]+)$"
 )
 
 

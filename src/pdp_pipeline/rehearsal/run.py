@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdp_pipeline import platforms
 from pdp_pipeline.rehearsal import netproxy, plan
 
 Log = Callable[[str], None]
@@ -118,7 +119,9 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
         return str(data["image"]), str(data["digest"])
     from pdp_pipeline.images import runtime
 
-    tar = paths.root / ".cache" / "test-base" / f"bookworm-{'-'.join(STANDIN_PACKAGES)}-amd64.tar"
+    native = platforms.native()
+    name = f"bookworm-{'-'.join(STANDIN_PACKAGES)}-{native.arch}.tar"
+    tar = paths.root / ".cache" / "test-base" / name
     if not tar.exists():
         tar.parent.mkdir(parents=True, exist_ok=True)
         partial = tar.with_suffix(".partial.tar")
@@ -155,7 +158,7 @@ def standin_base(paths: RehearsalPaths, log: Log) -> tuple[str, str]:
     try:
         _wait_registry(seed_addr)
         subprocess.run(
-            ["docker", "import", "--platform", "linux/amd64", str(tar), local],
+            ["docker", "import", "--platform", native.platform, str(tar), local],
             check=True, capture_output=True,
         )  # fmt: skip
         subprocess.run(["docker", "push", "-q", local], check=True, capture_output=True)
@@ -255,7 +258,10 @@ def run_job(
         shutil.rmtree(state, ignore_errors=True)
     (state / "home").mkdir(parents=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
-    workflow_text = (paths.repo / ".github" / "workflows" / job.workflow).read_text()
+    workflow_text = plan.with_called_workflows(
+        (paths.repo / ".github" / "workflows" / job.workflow).read_text(),
+        lambda path: (paths.repo / path).read_text(),
+    )
     event_file = state / "event.json"
     event_file.write_text(json.dumps(plan.event_payload(job, sha)))
     remote_config = state / "remote-registry.yml"

@@ -1,7 +1,9 @@
 """What a release may be asked for, and what it asks the build for.
 
-Only a dry run may choose another base than ubi9, fewer architectures or a base
-mirror; a release refuses them before anything runs. Every image of a release
+Only a dry run may choose another base than ubi9. Fewer architectures or a base mirror
+are for a dry run, or for a release to a registry on this host (loopback: nothing
+leaves the machine, as in the workflow rehearsal, docs/rehearsal.md); a release to any
+other registry refuses them before anything runs. Every image of a release
 carries the release tag in a label, and a dry run's images say so in another.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdp_pipeline.images.registry import is_loopback_registry
 from pdp_pipeline.platforms import PLATFORMS, Platform
 from pdp_pipeline.release.version import DRY_RUN_SUFFIX, ReleaseRefused, ReleaseVersion
 
@@ -57,16 +60,22 @@ def check_options(options: ReleaseOptions) -> None:
             f"--base {options.base!r}: a release is built on {RELEASE_BASE} only; another base "
             "is for --dry-run. Nothing was built."
         )
+    # A release that publishes (to a registry off this host) ships every platform on the
+    # pinned base; one kept on this host (a rehearsal) may take fewer and a mirror.
+    if is_loopback_registry(options.registry):
+        return
     if options.archs != PLATFORMS:
         chosen = ", ".join(p.arch for p in options.archs)
         raise ReleaseRefused(
-            f"--arch {chosen}: a release ships every architecture "
-            f"({', '.join(p.arch for p in PLATFORMS)}); fewer is for --dry-run. Nothing was built."
+            f"--arch {chosen}: a release to {options.registry} ships every architecture "
+            f"({', '.join(p.arch for p in PLATFORMS)}); fewer is for --dry-run or a release to"
+            " this host's registry. Nothing was built."
         )
     if options.base_image:
         raise ReleaseRefused(
-            f"--base-image {options.base_image!r}: a release resolves the ubi9 base itself and "
-            "pins it by digest; a mirror is for --dry-run. Nothing was built."
+            f"--base-image {options.base_image!r}: a release to {options.registry} resolves the"
+            " ubi9 base itself and pins it by digest; a mirror is for --dry-run or a release to"
+            " this host's registry. Nothing was built."
         )
 
 
