@@ -2,7 +2,9 @@
 
 Order matters, and is the point of this module:
 1. the version comes from the tag on HEAD (`vX.Y.Z`), on a clean tree, or the
-   release is refused before anything is built;
+   release is refused before anything is built; a release whose tags already
+   name one signed index of this commit is not made again (`released`): the
+   run writes its files from the registry and builds nothing;
 2. the images are built from the ubi9 base pinned by digest (never a fallback)
    with provenance attestations, pushed under a *candidate* tag, and every
    architecture is verified by the testinfra suite;
