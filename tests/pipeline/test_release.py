@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -305,6 +306,7 @@ class FakeWorld:
         self.events: list[str] = []
         self.tags: dict[str, str] = {}  # the registry: ref -> digest
         self.labels: dict[str, str] = {}  # ref -> release label of the image it names
+        self.bad_signatures: set[str] = set()  # digests whose signature does not verify
         self.index_digest = "sha256:" + "1" * 64
         self.platform_digests = {
             p.platform: "sha256:" + str(n + 2) * 64 for n, p in enumerate(PLATFORMS)
@@ -374,7 +376,16 @@ class FakeWorld:
         return LISTING
 
     def cosign(self, command: list[str], *, what: str) -> str:
-        self.events.append(f"cosign {command[1]} {command[-1].rsplit('@', 1)[1][:10]}")
+        digest = command[-1].rsplit("@", 1)[1]
+        self.events.append(f"cosign {command[1]} {digest[:10]}")
+        if command[1] == "verify" and digest in self.bad_signatures:
+            raise signing.SigningError(f"{what} failed (exit 1): no matching signatures")
+        if command[1] == "verify-attestation":
+            statement = {
+                "predicate": {"bomFormat": "CycloneDX", "components": [{"type": "library"}]}
+            }
+            payload = base64.b64encode(json.dumps(statement).encode()).decode()
+            return json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": payload})
         return ""
 
     def make_signer(self, options: release_options.ReleaseOptions, root: Path) -> signing.Signer:
@@ -453,16 +464,69 @@ def test_a_rerun_that_built_another_digest_stops_before_signing_or_tagging(
     assert world.tags == {"127.0.0.1:5000/power-dev-plugin:v1.2.3": earlier}
 
 
-def test_a_rerun_of_the_same_digest_repoints_nothing_and_succeeds(tagged_repo: Path) -> None:
+def test_a_rerun_of_a_published_release_builds_nothing_and_rewrites_its_files(
+    tagged_repo: Path,
+) -> None:
     world = FakeWorld(tagged_repo.parent)
     head = _git(tagged_repo, "rev-parse", "HEAD").strip()
     for tag in ("v1.2.3", "v1.2", head):
         world.tags[f"127.0.0.1:5000/power-dev-plugin:{tag}"] = world.index_digest
+    lines: list[str] = []
 
-    record = _run(tagged_repo, world)
+    record = release.run_release(
+        release_options.ReleaseOptions(out_dir=Path("out/release")),
+        tagged_repo,
+        world.steps(),
+        log=lines.append,
+    )
 
-    assert record.index_digest == world.index_digest
-    assert not [e for e in world.events if e.startswith("tag ")]
+    assert record.index_digest == world.index_digest and record.already_released
+    assert not [e for e in world.events if e.startswith(("build", "promote", "tag "))]
+    assert not [e for e in world.events if e.startswith(("cosign sign", "cosign attest"))]
+    assert f"cosign verify {world.index_digest[:10]}" in world.events
+    assert (
+        "release: already released: "
+        f"127.0.0.1:5000/power-dev-plugin:v1.2.3@{world.index_digest}" in lines
+    )
+    out = tagged_repo / "out" / "release"
+    summary = json.loads((out / "release-summary.json").read_text())
+    assert summary["index_digest"] == world.index_digest and summary["already_released"]
+    assert "Already released" in (out / "release-summary.md").read_text()
+    assert {p.name for p in out.iterdir()} >= {
+        "release-summary.md",
+        "release-summary.json",
+        "sbom-amd64.cdx.json",
+        "cosign.pub",
+        "install-openshift.yaml",
+    }
+    sbom_doc = json.loads((out / "sbom-amd64.cdx.json").read_text())
+    assert sbom_doc["bomFormat"] == "CycloneDX"
+
+
+def test_a_rerun_whose_tags_have_a_bad_signature_is_refused_before_building(
+    tagged_repo: Path,
+) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    head = _git(tagged_repo, "rev-parse", "HEAD").strip()
+    for tag in ("v1.2.3", "v1.2", head):
+        world.tags[f"127.0.0.1:5000/power-dev-plugin:{tag}"] = world.index_digest
+    world.bad_signatures.add(world.index_digest)
+
+    with pytest.raises(ReleaseMoved, match="signature does not verify"):
+        _run(tagged_repo, world)
+    assert not [e for e in world.events if e.startswith(("build", "promote", "tag "))]
+
+
+def test_a_rerun_whose_tags_disagree_is_refused_before_building(tagged_repo: Path) -> None:
+    world = FakeWorld(tagged_repo.parent)
+    head = _git(tagged_repo, "rev-parse", "HEAD").strip()
+    for tag in ("v1.2.3", "v1.2"):
+        world.tags[f"127.0.0.1:5000/power-dev-plugin:{tag}"] = world.index_digest
+    world.tags[f"127.0.0.1:5000/power-dev-plugin:{head}"] = "sha256:" + "f" * 64
+
+    with pytest.raises(ReleaseMoved, match="disagree"):
+        _run(tagged_repo, world)
+    assert world.events == []
 
 
 def test_a_new_patch_moves_the_minor_tag_forward(tagged_repo: Path) -> None:

@@ -2,7 +2,9 @@
 
 Order matters, and is the point of this module:
 1. the version comes from the tag on HEAD (`vX.Y.Z`), on a clean tree, or the
-   release is refused before anything is built;
+   release is refused before anything is built; a release whose tags already
+   name one signed index of this commit is not made again (`released`): the
+   run writes its files from the registry and builds nothing;
 2. the images are built from the ubi9 base pinned by digest (never a fallback)
    with provenance attestations, pushed under a *candidate* tag, and every
    architecture is verified by the testinfra suite;
@@ -25,6 +27,8 @@ summary are `summary`'s, and the real side effects behind `Steps` are wired in
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -33,11 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from pdp_pipeline.images import registry
+from pdp_pipeline.images.tags import (
+    LABEL_BASE,
+    LABEL_BASE_FALLBACK,
+    LABEL_BASE_NAME,
+    LABEL_CREATED,
+    LABEL_RUNTIME,
+)
 from pdp_pipeline.log import Log
 from pdp_pipeline.release import sbom, signing
 from pdp_pipeline.release.options import ReleaseOptions, build_labels, build_settings, check_options
 from pdp_pipeline.release.provenance import missing_provenance
-from pdp_pipeline.release.published import TagPlan, plan_tags
+from pdp_pipeline.release.published import ReleaseMoved, TagPlan, plan_tags
+from pdp_pipeline.release.released import already_released
 from pdp_pipeline.release.summary import ArchRelease, ReleaseRecord, write_summary
 from pdp_pipeline.release.version import (
     ReleaseVersion,
@@ -79,6 +91,8 @@ class Steps:
     release_label: Callable[[str], str | None]  # the release label of the image a ref names
     # Copy REPO@digest (an index and all it names) into another repository by digest, no tag.
     promote: Callable[[str, str], str]
+    # The labels of the image a ref names (an index: its first platform's); None: not read.
+    image_labels: Callable[[str], Mapping[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,14 @@ def run_release(
     clear_artifacts(out_dir)
     signer = steps.make_signer(options, root)
     log(f"release: signing with {signer.describe()}")
+
+    # Before anything is built: a release already in the registry is not made again.
+    done = _published_digest(options, repository, tags, state.commit, version, signer, steps, log)
+    if done is not None:
+        log(f"release: already released: {repository}:{tags[0]}@{done}")
+        return _record_published(
+            options, repository, tags, state.commit, version, done, signer, out_dir, steps, log
+        )
 
     candidates = f"{options.registry.rstrip('/')}/{options.candidates_repository}"
     verified_candidate = _build_candidate(options, version, candidate_name, candidates, steps)
@@ -187,6 +209,159 @@ def run_release(
     )
     markdown, machine = write_summary(result, out_dir)
     log(f"release: summary in {markdown} and {machine}")
+    return result
+
+
+def _published_digest(
+    options: ReleaseOptions,
+    repository: str,
+    tags: tuple[str, ...],
+    commit: str,
+    version: ReleaseVersion,
+    signer: signing.Signer,
+    steps: Steps,
+    log: Log,
+) -> str | None:
+    """The digest of this release if the registry already publishes it, else None.
+
+    A release refuses tags that disagree (ReleaseMoved); a dry run, whose tags are
+    scratch, says so and builds anew.
+    """
+
+    def verify(ref: str) -> bool:
+        try:
+            steps.cosign(signing.verify_command(signer, ref), what=f"verifying {ref}")
+        except signing.SigningError as error:
+            log(f"release: {error}")
+            return False
+        return True
+
+    if options.dry_run and signer.throwaway:
+        # A throwaway key is fresh each run: it cannot verify an earlier run's signature.
+        log("release: DRY RUN with a throwaway key: an earlier run's tags are not checked")
+        return None
+    can_verify = not (signer.keyless and not signer.certificate_identity_regexp)
+    try:
+        return already_released(
+            repository,
+            tags,
+            commit,
+            tags[0],
+            tag_digest=steps.tag_digest,
+            labels=steps.image_labels,
+            verify=verify if can_verify else None,
+        )
+    except ReleaseMoved as refusal:
+        if not options.dry_run:
+            raise
+        log(f"release: DRY RUN: {refusal} A release would stop here; this dry run builds anew.")
+        return None
+
+
+def _attested_sbom(output: str) -> dict[str, Any] | None:
+    """The CycloneDX document in `cosign verify-attestation --output json` (the last one)."""
+    document = None
+    for line in output.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        envelope = json.loads(line)
+        statement = json.loads(base64.b64decode(envelope.get("payload", "")) or b"{}")
+        predicate = statement.get("predicate")
+        if isinstance(predicate, dict):
+            document = predicate
+    return document
+
+
+def _record_published(
+    options: ReleaseOptions,
+    repository: str,
+    tags: tuple[str, ...],
+    commit: str,
+    version: ReleaseVersion,
+    digest: str,
+    signer: signing.Signer,
+    out_dir: Path,
+    steps: Steps,
+    log: Log,
+) -> ReleaseRecord:
+    """The release files of a release already published, read back from the registry.
+
+    The summary (Markdown and JSON) comes from the index and its platform images
+    (digests, sizes, labels); each SBOM is the document attested on its platform
+    image, verified with the release's signer; the public key and install YAML are
+    written as a release writes them. Nothing is built, signed or tagged.
+    """
+    index_ref = f"{repository}@{digest}"
+    platforms = dict(steps.index_platforms(index_ref))
+    labels = steps.image_labels or (lambda _ref: {})
+    index_labels = labels(index_ref)
+    archs = []
+    artifacts: list[Path] = []
+    for platform, platform_digest in sorted(platforms.items()):
+        image = f"{repository}@{platform_digest}"
+        arch = platform.rsplit("/", 1)[-1]
+        output = steps.cosign(
+            signing.verify_attestation_command(signer, image, "cyclonedx"),
+            what=f"verifying the SBOM attestation of {platform}",
+        )
+        document = _attested_sbom(output)
+        if document is None:
+            raise ReleaseFailed(
+                f"{image} has no CycloneDX attestation this signer verifies; the release "
+                f"{index_ref} is incomplete. Nothing was built or tagged."
+            )
+        path = out_dir / f"sbom-{arch}.cdx.json"
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        artifacts.append(path)
+        components = [
+            c for c in document.get("components", []) if c.get("type") != "operating-system"
+        ]
+        image_labels = labels(image)
+        archs.append(
+            ArchRelease(
+                arch=arch,
+                platform=platform,
+                digest=platform_digest,
+                size=registry.manifest_size(steps.raw_manifest(image)),
+                verified=True,  # release tags are pushed only after every check passed
+                runtime=image_labels.get(LABEL_RUNTIME, "unknown (not labelled)"),
+                base_name=image_labels.get(LABEL_BASE_NAME, "unknown (not labelled)"),
+                sbom=path.name,
+                sbom_components=len(components),
+                sbom_attested=True,
+                provenance=not missing_provenance(
+                    {platform: platform_digest},
+                    steps.raw_manifest(index_ref),
+                    lambda d: steps.raw_manifest(f"{repository}@{d}"),
+                ),
+            )
+        )
+    if signer.public_key is not None:
+        shutil.copy(signer.public_key, out_dir / signing.PUBLIC_KEY_NAME)
+        artifacts.append(out_dir / signing.PUBLIC_KEY_NAME)
+    if options.pin_manifests:
+        artifacts += steps.pin_and_render(
+            f"{repository}:{tags[0]}@{digest}", out_dir, options.dry_run
+        )
+    result = ReleaseRecord(
+        version=version.tag,
+        commit=commit,
+        dry_run=options.dry_run,
+        repository=repository,
+        index_digest=digest,
+        tags=tags,
+        base=index_labels.get(LABEL_BASE, "unknown (not labelled)"),
+        fell_back=index_labels.get(LABEL_BASE_FALLBACK) == "true",
+        signer=signer.describe(),
+        signature_verified=True,  # already_released verified it
+        created=index_labels.get(LABEL_CREATED, "unknown (not labelled)"),
+        archs=tuple(archs),
+        artifacts=tuple(sorted(path.name for path in artifacts)),
+        already_released=True,
+    )
+    markdown, machine = write_summary(result, out_dir)
+    log(f"release: summary (read back from the registry) in {markdown} and {machine}")
     return result
 
 

@@ -188,4 +188,5 @@ def default_steps(options: ReleaseOptions, root: Path, log: Log = print) -> Step
         tag_digest=lambda ref: registry.tag_digest(ref, log=log),
         release_label=lambda ref: registry.image_labels(ref, log=log).get(LABEL_RELEASE),
         promote=lambda source, target: registry.copy_by_digest(source, target, log=log),
+        image_labels=lambda ref: registry.image_labels(ref, log=log),
     )

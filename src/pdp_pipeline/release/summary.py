@@ -47,6 +47,9 @@ class ReleaseRecord:
     created: str
     archs: tuple[ArchRelease, ...]
     artifacts: tuple[str, ...] = field(default=())
+    # True: a rerun found this release already published and built nothing; the
+    # record was read back from the registry (SBOMs from their verified attestations).
+    already_released: bool = False
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -86,6 +89,14 @@ def render_markdown(record: ReleaseRecord) -> str:
     lines += [
         f"# power-device-plugin {record.version}",
         "",
+    ]
+    if record.already_released:
+        lines += [
+            "Already released: this summary was read back from the registry by a rerun that "
+            "built, signed and tagged nothing; SBOMs are the attested documents.",
+            "",
+        ]
+    lines += [
         f"- Index: `{record.repository}@{record.index_digest}`",
         "- Tags: " + ", ".join(f"`{tag}`" for tag in record.tags),
         f"- Commit: `{record.commit}`",
