@@ -195,3 +195,12 @@ def test_the_actions_of_a_called_workflow_get_their_stand_ins_too() -> None:
     # actions/cache is used by wheels.yml (its compile legs) only, not by release.yml
     assert "actions/cache" in repos
     assert "actions/cache" not in {repo for repo, _ in plan.pinned_actions(release)}
+
+
+def test_a_checkout_under_tmp_is_carried_into_the_runner_s_fresh_tmp() -> None:
+    # A fresh clone often lives under /tmp: the runner's empty /tmp must not hide it.
+    kept = runner.kept_under_tmp(
+        ["/tmp/clone", "/tmp/clone/.cache/rehearsal/logs", "/tmp/other/", "/work/repo", "/tmp"]
+    )
+    assert kept == ["/tmp/clone", "/tmp/other"]
+    assert runner.kept_under_tmp(["/work/repo", "/work/repo/.cache/logs"]) == []

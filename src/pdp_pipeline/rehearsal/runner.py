@@ -152,6 +152,30 @@ def _mount_bind(source: str, target: str) -> None:
     subprocess.run(["mount", "--bind", source, target], check=True)
 
 
+def kept_under_tmp(paths: list[str]) -> list[str]:
+    """Of ``paths``, those under /tmp that a fresh /tmp would hide, none inside another."""
+    under = sorted({os.path.normpath(p) for p in paths if os.path.normpath(p).startswith("/tmp/")})
+    return [p for p in under if not any(p.startswith(q + "/") for q in under if q != p)]
+
+
+def _fresh_tmp(state: Path, keep: list[str]) -> None:
+    """A fresh VM's /tmp: nothing of an earlier job (CI's /tmp/registry-data) is left there.
+
+    The checkout under test (and its logs) may itself live under /tmp, as a fresh clone
+    often does: those paths are carried over into the new /tmp by bind mounts, staged in
+    the job's state directory while the tmpfs goes on."""
+    staged: list[tuple[Path, str]] = []
+    for index, path in enumerate(kept_under_tmp(keep)):
+        stage = state / f"kept-{index}"
+        stage.mkdir(exist_ok=True)
+        _mount_bind(path, str(stage))
+        staged.append((stage, path))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"], check=True)
+    for stage, path in staged:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        _mount_bind(str(stage), path)
+
+
 def job(config_path: Path) -> int:
     config = json.loads(config_path.read_text())
     state = Path(config["state"])
@@ -167,8 +191,7 @@ def job(config_path: Path) -> int:
     for hidden in config["hide"]:
         if Path(hidden).exists():
             _mount_bind("/dev/null", hidden)
-    # A fresh VM's /tmp: nothing of an earlier job (CI's /tmp/registry-data) is left there.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", "/tmp"], check=True)
+    _fresh_tmp(state, [config["act_cwd"], os.path.dirname(config["log"])])
     (state / "dockerd.argv.json").write_text(json.dumps(dockerd_argv(state, config["daemon_json"])))
     status = 1
     try:
