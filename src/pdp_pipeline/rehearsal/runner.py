@@ -191,7 +191,9 @@ def job(config_path: Path) -> int:
     for hidden in config["hide"]:
         if Path(hidden).exists():
             _mount_bind("/dev/null", hidden)
-    _fresh_tmp(state, [config["act_cwd"], os.path.dirname(config["log"])])
+    # This checkout (its venv, stand-in actions, stores), the commit under test and the log.
+    checkout = str(Path(__file__).resolve().parents[3])
+    _fresh_tmp(state, [checkout, config["act_cwd"], os.path.dirname(config["log"])])
     (state / "dockerd.argv.json").write_text(json.dumps(dockerd_argv(state, config["daemon_json"])))
     status = 1
     try:
